@@ -1,0 +1,86 @@
+"""MAE baseline (He et al. 2022), METHOD.md §1: random masking, encoder on visible patches,
+light decoder with mask tokens, normalised-pixel MSE on the masked patches only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .decoder import Decoder
+from .patches import masked_mse, normalized_pixels, patchify
+from .vit import VisionTransformer
+
+
+class MaskedAutoencoder(nn.Module):
+    """``forward(imgs)`` → ``(loss, outputs)``; see :meth:`forward`."""
+
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        decoder_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_heads: int = 16,
+        mask_ratio: float = 0.75,
+        norm_pix_loss: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask ratio must lie in (0, 1), got {mask_ratio}")
+        self.encoder = encoder
+        self.patch_size = encoder.patch_size
+        self.num_patches = encoder.num_patches
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+        pixels = encoder.patch_size**2 * encoder.in_chans
+        self.decoder = Decoder(
+            encoder.num_patches, encoder.embed_dim, decoder_dim, decoder_depth, decoder_heads, pixels,
+            encoder.mlp_ratio,
+        )
+
+    def random_masking(self, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Per-image uniform random masking.
+
+        Returns ``ids_keep [N, L_vis]`` (visible patch indices) and ``mask [N, L]`` (1 = masked).
+        """
+        length = self.num_patches
+        num_keep = int(length * (1 - self.mask_ratio))
+        ids_shuffle = torch.rand(n, length, device=device).argsort(dim=1)
+        ids_keep = ids_shuffle[:, :num_keep]
+        mask = torch.ones(n, length, device=device)
+        mask.scatter_(1, ids_keep, 0.0)
+        return ids_keep, mask
+
+    def forward_encoder(self, imgs: Tensor, ids_keep: Tensor) -> Tensor:
+        """``imgs: [N, C, H, W]``, ``ids_keep: [N, L_vis]`` → latent ``[N, 1+L_vis, D]``."""
+        x = self.encoder.embed_patches(imgs)  # [N, L, D]
+        x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))  # [N, L_vis, D]
+        return self.encoder.forward_tokens(x)[0]
+
+    def forward_decoder(self, latent: Tensor, ids_keep: Tensor) -> Tensor:
+        """``latent: [N, 1+L_vis, D]`` → predictions ``[N, L, p*p*C]`` (mask tokens at hidden places)."""
+        x = self.decoder.embed(latent)  # [N, 1+L_vis, D_dec]
+        n, _, d = x.shape
+        tokens = self.decoder.mask_token.expand(n, self.num_patches, d).clone()
+        tokens.scatter_(1, ids_keep[..., None].expand(-1, -1, d), x[:, 1:].to(tokens.dtype))
+        return self.decoder(torch.cat([x[:, :1], tokens], dim=1))
+
+    def target(self, imgs: Tensor) -> Tensor:
+        """Reconstruction target ``[N, L, p*p*C]`` (normalised per patch if ``norm_pix_loss``)."""
+        patches = patchify(imgs, self.patch_size)
+        return normalized_pixels(patches) if self.norm_pix_loss else patches
+
+    def forward(self, imgs: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """
+        Args:
+            imgs: ``[N, C, H, W]`` normalised images.
+        Returns:
+            ``loss`` (scalar) and a dict with ``metrics`` (``{"recon": ...}``, detached), ``pred``
+            ``[N, L, p*p*C]`` and ``mask`` ``[N, L]`` (1 = masked).
+        """
+        ids_keep, mask = self.random_masking(imgs.shape[0], imgs.device)
+        latent = self.forward_encoder(imgs, ids_keep)
+        pred = self.forward_decoder(latent, ids_keep)
+        loss = masked_mse(pred, self.target(imgs), mask)
+        return loss, {"metrics": {"recon": loss.detach()}, "pred": pred, "mask": mask}
