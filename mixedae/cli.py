@@ -1,0 +1,56 @@
+"""The ``mixedae`` command: parses arguments and wires the libraries together.
+
+Each sub-command lives in ``mixedae/commands/<group>.py`` as a ``register(subparsers)`` function
+that adds its parser and sets ``func``; this module only dispatches and turns user mistakes
+(:class:`~mixedae.errors.UserError`, ``ValueError``) into one line on stderr and exit status 2.
+Set ``MIXEDAE_DEBUG=1`` to see the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from . import __version__
+from .commands import evaluate, pretrain, visualize
+from .errors import UserError
+
+COMMAND_GROUPS = (pretrain, evaluate, visualize)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake as one line (and exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="mixedae", description="MixedAE / MAE pre-training and evaluation for ViTs.")
+    parser.add_argument("--version", action="version", version=f"mixedae {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+    for group in COMMAND_GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ValueError) as e:
+        if os.environ.get("MIXEDAE_DEBUG"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"mixedae {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mixedae {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Typed configuration: nested dataclasses, YAML files and dotted ``key=value`` overrides.
+
+Every key is declared with its type and default; an unknown key, a mistyped value or an invalid
+choice is a :class:`~mixedae.errors.UserError` that names the key. ``to_dict`` gives the fully
+resolved config that runs save beside their results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from .errors import UserError
+
+
+# --------------------------------------------------------------------------------------------
+# generic machinery
+# --------------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check (and mildly coerce: int → float) ``value`` against the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except UserError as e:
+                errors.append(e)
+        raise UserError(f"config key {key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key {key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(map(str, typing.get_args(tp)))
+            raise UserError(f"config key {key}: must be one of {choices}, got {value!r}")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise UserError(f"config key {key}: expected true or false, got {value!r}")
+    if tp in (int, float) and isinstance(value, bool):
+        raise UserError(f"config key {key}: expected {tp.__name__}, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise UserError(f"config key {key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a (partial) nested dict; unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise UserError(f"config section {prefix.rstrip('.') or '<root>'} must be a mapping, got {data!r}")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(
+            f"unknown config key {prefix}{unknown[0]}; valid keys in "
+            f"{prefix.rstrip('.') or 'the config'}: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, prefix + name)
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return obj
+
+
+def to_dict(cfg: Any) -> dict:
+    """The fully resolved config as plain nested dicts (YAML/JSON-serialisable)."""
+    return dataclasses.asdict(cfg)
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["train.epochs=3", "model.name=mae_vit_tiny_patch4_32"]`` → nested dict (values parsed as YAML)."""
+    nested: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise UserError(f"override {item!r} is not of the form section.key=value (e.g. train.epochs=10)")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {item!r} conflicts with another override of {part}")
+        node[leaf] = value
+    return nested
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge: ``update`` wins."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; see configs/pretrain/ for the presets")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections (model:, data:, train:, ...)")
+    return data
+
+
+def load_config(cls: type, path: Optional[str | Path] = None, overrides: list[str] = (), extra: dict = None) -> Any:
+    """Defaults ← YAML file ← ``extra`` (CLI flags) ← dotted overrides, validated into ``cls``."""
+    data = read_yaml(path) if path else {}
+    data = merge(data, extra or {})
+    data = merge(data, parse_overrides(list(overrides)))
+    return from_dict(cls, data)
+
+
+# --------------------------------------------------------------------------------------------
+# pre-training config
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ModelConfig:
+    """Preset name plus optional overrides of its options (None: the preset's value)."""
+
+    name: str = "mixedae_vit_tiny_patch4_32"
+    mix_ratio: float = 0.25  # r = 1/G; MAE keeps r·L patches visible (mask ratio 1 − r)
+    norm_pix_loss: bool = True
+    depth: Optional[int] = None
+    embed_dim: Optional[int] = None
+    num_heads: Optional[int] = None
+    patch_size: Optional[int] = None
+    decoder_dim: Optional[int] = None
+    decoder_depth: Optional[int] = None
+    decoder_heads: Optional[int] = None
+    mode: Optional[typing.Literal["compose", "full"]] = None
+    segment_embed: Optional[typing.Literal["decoder", "encoder", "none"]] = None
+    homologous_blocks: Optional[Union[str, list[int]]] = None  # "all" | "none" | [indices]
+    topk: Optional[int] = None
+    homocon_weight: Optional[float] = None
+    tau: Optional[float] = None
+    projector_dim: Optional[int] = None
+
+    def validate(self) -> None:
+        from .models import preset_names
+
+        if self.name not in preset_names():
+            raise UserError(f"model.name {self.name!r} is not a preset; choose one of: {', '.join(preset_names())}")
+
+    def create_kwargs(self, image_size: Optional[int]) -> dict:
+        """Keyword overrides for :func:`mixedae.models.create_model` (preset values where None)."""
+        kwargs = {k: v for k, v in dataclasses.asdict(self).items() if k != "name" and v is not None}
+        if image_size is not None:
+            kwargs["img_size"] = image_size
+        return kwargs
+
+
+@dataclass
+class DataConfig:
+    spec: str = "synthetic"  # "synthetic", a directory, or a .tar/.tar.gz archive
+    image_size: Optional[int] = None  # None: the model preset's
+    num_samples: int = 5000  # synthetic scenes only
+    seed: int = 0  # synthetic scenes / train-val split of unsplit folders
+    num_workers: int = 2
+
+    def validate(self) -> None:
+        if self.num_workers < 0:
+            raise UserError("data.num_workers must be >= 0")
+        if self.num_samples < 1:
+            raise UserError("data.num_samples must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: Optional[int] = None  # stop after this many optimiser steps (smoke runs)
+    batch_size: int = 64  # per process
+    accum_steps: int = 1
+    precision: typing.Literal["fp32", "bf16", "fp16"] = "fp32"
+    clip_grad: Optional[float] = None
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+
+    def validate(self) -> None:
+        for key in ("epochs", "batch_size", "accum_steps"):
+            if getattr(self, key) < 1:
+                raise UserError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
+class OptimConfig:
+    blr: float = 1.5e-4  # lr = blr × effective batch / 256
+    lr: Optional[float] = None  # absolute lr; overrides blr
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_epochs: float = 1.0
+
+    def validate(self) -> None:
+        if len(self.betas) != 2:
+            raise UserError(f"optim.betas must hold two numbers, got {self.betas}")
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 20
+    recon_every_epochs: int = 1
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every_epochs: int = 1  # checkpoint-<epoch>.pt
+    every_steps: Optional[int] = None  # also refresh last.pt every N steps (mid-epoch resume)
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    output_dir: str = "runs/pretrain"
