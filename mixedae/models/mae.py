@@ -3,7 +3,7 @@ light decoder with mask tokens, normalised-pixel MSE on the masked patches only.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -33,22 +33,24 @@ class MaskedAutoencoder(nn.Module):
         self.num_patches = encoder.num_patches
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
+        self.group_size = 1  # images per row of masking noise (MixedAE: G images share one mask)
         pixels = encoder.patch_size**2 * encoder.in_chans
         self.decoder = Decoder(
             encoder.num_patches, encoder.embed_dim, decoder_dim, decoder_depth, decoder_heads, pixels,
             encoder.mlp_ratio,
         )
 
-    def random_masking(self, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Per-image uniform random masking.
+    def random_masking(self, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-image uniform random masking driven by ``noise: [N, L]`` (i.i.d. uniform): the patches
+        with the smallest noise stay visible.
 
         Returns ``ids_keep [N, L_vis]`` (visible patch indices) and ``mask [N, L]`` (1 = masked).
         """
-        length = self.num_patches
+        n, length = noise.shape
         num_keep = int(length * (1 - self.mask_ratio))
-        ids_shuffle = torch.rand(n, length, device=device).argsort(dim=1)
+        ids_shuffle = noise.argsort(dim=1)
         ids_keep = ids_shuffle[:, :num_keep]
-        mask = torch.ones(n, length, device=device)
+        mask = torch.ones(n, length, device=noise.device)
         mask.scatter_(1, ids_keep, 0.0)
         return ids_keep, mask
 
@@ -71,15 +73,19 @@ class MaskedAutoencoder(nn.Module):
         patches = patchify(imgs, self.patch_size)
         return normalized_pixels(patches) if self.norm_pix_loss else patches
 
-    def forward(self, imgs: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    def forward(self, imgs: Tensor, noise: Optional[Tensor] = None) -> tuple[Tensor, dict[str, Any]]:
         """
         Args:
             imgs: ``[N, C, H, W]`` normalised images.
+            noise: ``[N, L]`` uniform noise that draws the masks (fresh ``torch.rand`` if None; the
+                engine passes noise derived from (seed, step) so runs are exactly reproducible).
         Returns:
             ``loss`` (scalar) and a dict with ``metrics`` (``{"recon": ...}``, detached), ``pred``
             ``[N, L, p*p*C]`` and ``mask`` ``[N, L]`` (1 = masked).
         """
-        ids_keep, mask = self.random_masking(imgs.shape[0], imgs.device)
+        if noise is None:
+            noise = torch.rand(imgs.shape[0], self.num_patches, device=imgs.device)
+        ids_keep, mask = self.random_masking(noise)
         latent = self.forward_encoder(imgs, ids_keep)
         pred = self.forward_decoder(latent, ids_keep)
         loss = masked_mse(pred, self.target(imgs), mask)

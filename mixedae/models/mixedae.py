@@ -125,9 +125,10 @@ class MixedAutoencoder(nn.Module):
         return resolved
 
     # 1. mixing mask ---------------------------------------------------------------------------
-    def random_mixing(self, num_groups: int, device: torch.device) -> Tensor:
-        """Mixing mask ``M: [n, L]`` with values in ``0..G-1``; each source owns exactly ``rL`` positions."""
-        rank = torch.rand(num_groups, self.num_patches, device=device).argsort(1).argsort(1)
+    def random_mixing(self, noise: Tensor) -> Tensor:
+        """Mixing mask ``M: [n, L]`` with values in ``0..G-1`` from uniform ``noise: [n, L]``: the
+        positions ranked by noise are cut into ``G`` chunks, so each source owns exactly ``rL``."""
+        rank = noise.argsort(1).argsort(1)
         return rank // (self.num_patches // self.group_size)
 
     # 2. mixed samples per group ---------------------------------------------------------------
@@ -197,10 +198,12 @@ class MixedAutoencoder(nn.Module):
         positive = (token_src[:, :, None] == token_src[:, None, :]) & ~self_pair
         return -log_prob[positive].sum() / positive.sum()
 
-    def forward(self, imgs: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    def forward(self, imgs: Tensor, noise: Optional[Tensor] = None) -> tuple[Tensor, dict[str, Any]]:
         """
         Args:
             imgs: ``[B, C, H, W]``; consecutive runs of ``G`` images form the groups.
+            noise: ``[B/G, L]`` uniform noise that draws the mixing masks (fresh ``torch.rand`` if
+                None; the engine passes noise derived from (seed, step) for exact reproducibility).
         Returns:
             ``loss`` (scalar) and a dict with ``metrics`` (detached scalars ``recon``, ``homocon``
             if ``λ > 0``, ``sampling_acc`` with homologous attention), ``pred [n, S, G, L, P]``,
@@ -216,7 +219,9 @@ class MixedAutoencoder(nn.Module):
             )
         n, length = b // g, self.num_patches
         patches = patchify(imgs, self.patch_size).reshape(n, g, length, -1)  # [n, G, L, P]
-        assign = self.assignments(self.random_mixing(n, imgs.device))  # [n, S, L]
+        if noise is None:
+            noise = torch.rand(n, length, device=imgs.device)
+        assign = self.assignments(self.random_mixing(noise))  # [n, S, L]
         s = assign.shape[1]
         mixed = unpatchify(self.mix(patches, assign).flatten(0, 1), self.patch_size, c)  # [nS, C, H, W]
         token_src = assign.flatten(0, 1)  # [nS, L]
