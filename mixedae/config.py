@@ -54,6 +54,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             choices = ", ".join(map(str, typing.get_args(tp)))
             raise UserError(f"config key {key}: must be one of {choices}, got {value!r}")
         return value
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is bool and not isinstance(value, bool):

@@ -1,0 +1,1 @@
+"""Training engine: the pre-training loop, reproducible sampling, optimisation, checkpoints, logs."""

@@ -1,0 +1,302 @@
+"""The pre-training loop (MAE, naive mixing, MixedAE): one code path for one CPU, one GPU or many
+nodes under torchrun.
+
+A run is a pure function of its config: data order, augmentation and masking/mixing noise are all
+seeded by (seed, epoch, index | step) (see :mod:`mixedae.engine.sampling`), so ``--resume`` after a
+kill, a 2-rank run and an accumulated run reproduce the uninterrupted single-process run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..config import PretrainConfig, to_dict
+from ..data import build_dataset, describe_dataset
+from ..data.transforms import pretrain_transform
+from ..distributed import DistInfo, all_reduce_mean, barrier, cleanup_distributed, init_distributed
+from ..errors import UserError
+from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
+from ..models import create_model
+from .checkpoint import FORMAT_VERSION, gather_rng_states, load_training_checkpoint, set_rng_state
+from .logger import MetricsLogger
+from .optim import build_optimizer, cosine_lr, set_lr
+from .sampling import GlobalBatchSampler, SeededAugmentation, step_noise
+
+EpochHook = Callable[[nn.Module, int, Path], None]
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+def resolve_resume(resume: Optional[str], run_dir: Path) -> Optional[Path]:
+    """``auto`` → ``<run>/last.pt`` if it exists (else a fresh start); a path must exist."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = run_dir / "last.pt"
+        return last if last.exists() else None
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise UserError(f"--resume {resume}: no such checkpoint; pass auto, a run folder or a .pt file")
+    return path
+
+
+def memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class Pretrainer:
+    """Holds the state of one pre-training run; :meth:`run` trains to the end and returns results."""
+
+    def __init__(self, cfg: PretrainConfig, dist_info: DistInfo, resume: Optional[str] = None,
+                 epoch_hooks: Sequence[EpochHook] = ()) -> None:
+        self.cfg, self.dist, self.hooks = cfg, dist_info, tuple(epoch_hooks)
+        self.device = dist_info.device
+        self.run_dir = Path(cfg.output_dir)
+        self.resume_path = resolve_resume(resume, self.run_dir)
+        resume_ckpt = load_training_checkpoint(self.resume_path) if self.resume_path else None
+
+        tc = cfg.train
+        torch.manual_seed(tc.seed + dist_info.rank)
+        kwargs = cfg.model.create_kwargs(cfg.data.image_size)
+        self.model = create_model(cfg.model.name, **kwargs).to(self.device)
+        self.arch = {"name": cfg.model.name, "kwargs": kwargs}
+        self.image_size = self.model.encoder.img_size
+        if tc.batch_size % self.model.group_size:
+            g = self.model.group_size
+            raise UserError(
+                f"train.batch_size={tc.batch_size} is not divisible by the group size G={g} "
+                f"(mixing ratio 1/{g}); use a multiple of {g}"
+            )
+
+        self.dataset = build_dataset(
+            cfg.data.spec, "train", image_size=self.image_size, num_samples=cfg.data.num_samples, seed=cfg.data.seed
+        )
+        self.world_batch = tc.batch_size * dist_info.world_size
+        self.eff_batch = self.world_batch * tc.accum_steps
+        self.steps_per_epoch = len(self.dataset) // self.eff_batch
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"the dataset has {len(self.dataset)} images, fewer than one effective batch of {self.eff_batch} "
+                "(batch_size × accum_steps × processes); lower train.batch_size or add data"
+            )
+        self.total_steps = tc.epochs * self.steps_per_epoch
+        self.last_step = min(self.total_steps, tc.max_steps) if tc.max_steps else self.total_steps
+        oc = cfg.optim
+        self.base_lr = oc.lr if oc.lr is not None else oc.blr * self.eff_batch / 256
+        self.optimizer = build_optimizer(self.model, self.base_lr, oc.weight_decay, tuple(oc.betas))
+        use_cuda = self.device.type == "cuda"
+        self.amp_dtype = AMP_DTYPES.get(tc.precision)
+        if self.amp_dtype is not None and not use_cuda and tc.precision == "fp16":
+            raise UserError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=tc.precision == "fp16")
+        self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if use_cuda else None) \
+            if dist_info.enabled else None
+
+        self.sampler = GlobalBatchSampler(
+            self.dataset, dist_info.world_size, dist_info.rank, tc.batch_size,
+            self.steps_per_epoch * tc.accum_steps, seed=tc.seed,
+        )
+        self.train_set = SeededAugmentation(self.dataset, pretrain_transform(self.image_size), seed=tc.seed)
+        self.step = 0
+        if resume_ckpt is not None:
+            self._restore(resume_ckpt)
+        self.logger: Optional[MetricsLogger] = None
+
+    # ---------------------------------------------------------------------------------------
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        if ckpt["arch"] != self.arch:
+            raise UserError(
+                f"{self.resume_path} was written for model {ckpt['arch']}, not {self.arch}; "
+                "resume with the run's own config.yaml or start a new --output-dir"
+            )
+        self.model.load_state_dict(ckpt["model"], strict=True)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt["step"])
+        rng = ckpt.get("rng") or []
+        if self.dist.rank < len(rng):
+            set_rng_state(rng[self.dist.rank])
+
+    def checkpoint_state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "model": self.model.state_dict(),
+            "arch": self.arch,
+            "config": to_dict(self.cfg),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "epoch": epoch,
+            "step": self.step,
+            "rng": gather_rng_states(),
+        }
+
+    def save(self, epoch: int, numbered: bool) -> None:
+        """Refresh ``last.pt`` (and ``checkpoint-<epoch>.pt``) atomically; rank 0 writes."""
+        state = self.checkpoint_state(epoch)  # collective: every rank takes part
+        if self.dist.is_main:
+            atomic_torch_save(state, self.run_dir / "last.pt")
+            if numbered:
+                atomic_torch_save(state, self.run_dir / f"checkpoint-{epoch}.pt")
+        barrier()
+
+    # ---------------------------------------------------------------------------------------
+    def _loader(self, epoch: int, start_micro: int) -> DataLoader:
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start(start_micro)
+        workers = self.cfg.data.num_workers
+        return DataLoader(
+            self.train_set, batch_size=self.cfg.train.batch_size, sampler=self.sampler, num_workers=workers,
+            pin_memory=self.device.type == "cuda", drop_last=True, persistent_workers=False,
+            prefetch_factor=4 if workers else None,
+        )
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, batches: list[torch.Tensor]) -> dict[str, float]:
+        """One optimiser step over ``accum_steps`` micro-batches ``[b, C, H, W]`` each."""
+        tc = self.cfg.train
+        module = self.ddp or self.model
+        set_lr(self.optimizer, cosine_lr(self.step / self.steps_per_epoch, self.base_lr, self.cfg.optim.min_lr,
+                                         self.cfg.optim.warmup_epochs, tc.epochs))
+        rows = tc.batch_size // self.model.group_size
+        noise = step_noise(tc.seed, self.step, rows, self.model.num_patches, tc.accum_steps, self.dist.world_size)
+        sums: dict[str, torch.Tensor] = {}
+        for m, imgs in enumerate(batches):
+            imgs = imgs.to(self.device, non_blocking=True)
+            sync = m == len(batches) - 1 or self.ddp is None
+            with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self._autocast():
+                loss, out = module(imgs, noise=noise[m, self.dist.rank].to(self.device))
+            self.scaler.scale(loss / tc.accum_steps).backward()
+            for key, value in {"loss": loss.detach(), **out["metrics"]}.items():
+                sums[key] = sums.get(key, 0.0) + value.float() / tc.accum_steps
+        stats = torch.stack(list(sums.values()))
+        stats = all_reduce_mean(stats)
+        metrics = dict(zip(sums, stats.tolist()))
+        if not math.isfinite(metrics["loss"]):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(
+                f"loss became {metrics['loss']} at step {self.step + 1}; the last good checkpoint is kept in "
+                f"{self.run_dir}; lower optim.blr, set train.clip_grad=1.0 or use train.precision=fp32"
+            )
+        self.scaler.unscale_(self.optimizer)
+        max_norm = tc.clip_grad if tc.clip_grad is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        metrics["grad_norm"] = float(grad_norm)
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        return metrics
+
+    # ---------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg, tc, main = self.cfg, self.cfg.train, self.dist.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            resolved = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+            atomic_write_text(resolved, self.run_dir / "config.yaml")
+            print(resolved, end="", file=sys.stderr)
+            print(
+                f"data: {describe_dataset(self.dataset)} | {self.steps_per_epoch} steps/epoch × {tc.epochs} epochs | "
+                f"effective batch {self.eff_batch} | lr {self.base_lr:.3g} | {self.dist.world_size} process(es) on "
+                f"{self.device}" + (f" | resumed at step {self.step} from {self.resume_path}" if self.step else ""),
+                file=sys.stderr,
+            )
+            self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.log.tensorboard)
+            self.logger.truncate_after(self.step)
+        start_time, images_seen, last = time.time(), 0, {}
+        epoch = self.step // self.steps_per_epoch
+        while self.step < self.last_step:
+            epoch = self.step // self.steps_per_epoch
+            in_epoch = self.step - epoch * self.steps_per_epoch
+            loader = iter(self._loader(epoch, in_epoch * tc.accum_steps))
+            self.model.train()
+            epoch_end = min((epoch + 1) * self.steps_per_epoch, self.last_step)
+            bar = tqdm(total=self.steps_per_epoch, initial=in_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                       disable=not (main and cfg.log.progress), dynamic_ncols=True, file=sys.stderr)
+            epoch_sums: dict[str, float] = {}
+            epoch_steps, window_start, window_images = 0, time.time(), 0
+            while self.step < epoch_end:
+                batches = [next(loader) for _ in range(tc.accum_steps)]
+                last = self.train_step(batches)
+                images_seen += self.eff_batch
+                window_images += self.eff_batch
+                epoch_steps += 1
+                for k, v in last.items():
+                    epoch_sums[k] = epoch_sums.get(k, 0.0) + v
+                bar.update(1)
+                if self.step % cfg.log.every_steps == 0 or self.step == epoch_end:
+                    now = time.time()
+                    ips = window_images / max(now - window_start, 1e-9)
+                    window_start, window_images = now, 0
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.0f}")
+                    if main:
+                        self.logger.log({"step": self.step, "epoch": self.step / self.steps_per_epoch, **last,
+                                         "img_per_s": ips, "memory_mb": memory_mb(self.device),
+                                         "skipped_files": getattr(self.dataset, "num_skipped", 0)})
+                every = cfg.checkpoint.every_steps
+                if every and self.step % every == 0 and self.step < epoch_end:
+                    self.save(epoch, numbered=False)
+            bar.close()
+            finished_epoch = self.step == (epoch + 1) * self.steps_per_epoch
+            if main and epoch_steps:
+                summary = {k: v / epoch_steps for k, v in epoch_sums.items()}
+                self.logger.log({"step": self.step, "epoch": epoch + 1 if finished_epoch else self.step / self.steps_per_epoch,
+                                 "kind": "epoch", **summary}, tb_prefix="epoch")
+            next_epoch = epoch + 1 if finished_epoch else epoch
+            numbered = finished_epoch and (next_epoch % cfg.checkpoint.every_epochs == 0 or next_epoch == tc.epochs)
+            self.save(next_epoch, numbered=numbered)
+            if main and finished_epoch and (next_epoch % cfg.log.recon_every_epochs == 0 or next_epoch == tc.epochs):
+                for hook in self.hooks:
+                    hook(self.model, next_epoch, self.run_dir)
+        elapsed = time.time() - start_time
+        results = {
+            "model": cfg.model.name,
+            "arch": self.arch,
+            "steps": self.step,
+            "epochs_completed": self.step / self.steps_per_epoch,
+            "images_per_step": self.eff_batch,
+            "wall_time_s": elapsed,
+            "img_per_s": images_seen / elapsed if elapsed > 0 else None,
+            "final": last,
+            "last_checkpoint": str(self.run_dir / "last.pt"),
+            "skipped_files": getattr(self.dataset, "num_skipped", 0),
+        }
+        if main:
+            atomic_write_json(results, self.run_dir / "results.json")
+            self.logger.close()
+        return results
+
+
+def pretrain(cfg: PretrainConfig, resume: Optional[str] = None, epoch_hooks: Sequence[EpochHook] = ()) -> dict:
+    """Run pre-training as configured (joins the torchrun group when launched by torchrun)."""
+    dist_info = init_distributed(cfg.train.device)
+    try:
+        return Pretrainer(cfg, dist_info, resume=resume, epoch_hooks=epoch_hooks).run()
+    finally:
+        cleanup_distributed()
