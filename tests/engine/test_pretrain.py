@@ -1,0 +1,166 @@
+"""The pre-training engine end to end: run folder, exact resume after SIGKILL, 2-rank gloo and
+gradient accumulation equal the plain run, bad checkpoints, divergence."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mixedae.cli import main
+from mixedae.config import PretrainConfig, load_config
+from mixedae.engine.pretrain import pretrain
+
+TINY = [
+    "model.name=mixedae_vit_tiny_patch4_32", "model.depth=1", "model.embed_dim=32", "model.num_heads=2",
+    "model.decoder_dim=32", "model.decoder_depth=1", "model.decoder_heads=2", "data.image_size=16",
+    "data.num_workers=0", "log.tensorboard=false", "log.progress=false", "optim.warmup_epochs=0.5",
+]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def config(out: Path, *extra: str) -> PretrainConfig:
+    return load_config(PretrainConfig, None, [*TINY, f"output_dir={out}", *extra])
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mixedae", *args], env=ENV, capture_output=True, text=True, **kw)
+
+
+def test_run_folder_contents(tmp_path):
+    out = tmp_path / "run"
+    rc = main(["pretrain", "--data", "synthetic", "--output-dir", str(out), *TINY,
+               "data.num_samples=32", "train.batch_size=8", "train.epochs=2", "log.every_steps=2"])
+    assert rc == 0
+    for name in ("config.yaml", "last.pt", "checkpoint-2.pt", "metrics.jsonl", "results.json", "recon/epoch-2.png"):
+        assert (out / name).exists(), name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r.get("kind") != "epoch"]
+    assert [r["step"] for r in steps] == [2, 4, 6, 8]
+    for key in ("loss", "recon", "homocon", "sampling_acc", "lr", "grad_norm", "img_per_s", "memory_mb"):
+        assert key in steps[-1], key
+    ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["step"] == 8 and ckpt["epoch"] == 2 and ckpt["arch"]["name"] == "mixedae_vit_tiny_patch4_32"
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 8 and results["final"]["loss"] > 0
+
+
+def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
+    common = ["data.num_samples=64", "train.max_steps=3", "optim.lr=1e-3"]
+    pretrain(config(tmp_path / "big", *common, "train.batch_size=16"))
+    pretrain(config(tmp_path / "acc", *common, "train.batch_size=8", "train.accum_steps=2"))
+    big, acc = weights(tmp_path / "big" / "last.pt"), weights(tmp_path / "acc" / "last.pt")
+    for key in big:
+        torch.testing.assert_close(acc[key], big[key], rtol=0, atol=1e-5, msg=key)
+    # not vacuous: the three steps did move the weights away from where one step leaves them
+    pretrain(config(tmp_path / "one", "data.num_samples=64", "train.max_steps=1", "optim.lr=1e-3",
+                    "train.batch_size=16"))
+    one = weights(tmp_path / "one" / "last.pt")
+    assert (one["encoder.blocks.0.attn.qkv.weight"] - big["encoder.blocks.0.attn.qkv.weight"]).abs().max() > 1e-4
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one_process_with_the_global_batch(tmp_path):
+    common = [*TINY, "data.num_samples=64", "train.max_steps=3", "optim.lr=1e-3", "--data", "synthetic"]
+    single = cli("pretrain", "--output-dir", str(tmp_path / "one"), *common, "train.batch_size=16")
+    assert single.returncode == 0, single.stderr[-2000:]
+    dist = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0", "-m", "mixedae",
+         "pretrain", "--output-dir", str(tmp_path / "two"), *common, "train.batch_size=8"],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )
+    assert dist.returncode == 0, dist.stderr[-3000:]
+    assert "2 process(es)" in dist.stderr
+    one, two = weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5, msg=key)
+    ckpt = torch.load(tmp_path / "two" / "last.pt", map_location="cpu", weights_only=True)
+    assert len(ckpt["rng"]) == 2  # every rank's RNG state is kept
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_is_bit_exact(tmp_path):
+    args = [*TINY, "--data", "synthetic", "data.num_samples=256", "train.batch_size=8", "train.epochs=2",
+            "checkpoint.every_steps=1", "log.recon_every_epochs=100"]
+    ref = cli("pretrain", "--output-dir", str(tmp_path / "ref"), *args)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "mixedae", "pretrain", "--output-dir", str(run), *args],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_at = None
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "last.pt").exists():
+            step = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["step"]
+            if step >= 5:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = step
+                break
+        time.sleep(0.02)
+    proc.wait()
+    assert killed_at is not None, "the run finished before it could be killed; make it longer"
+    saved = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["step"]
+    assert 5 <= saved < 64  # killed mid-run (before the last of 2 × 32 steps)
+
+    resumed = cli("pretrain", "--output-dir", str(run), "--resume", "auto", *args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed at step {saved}" in resumed.stderr
+    a, b = weights(tmp_path / "ref" / "last.pt"), weights(run / "last.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # no duplicated history after the resume
+
+
+@pytest.mark.parametrize("content", [b"PK\x03\x04 truncated zip", b"not a checkpoint at all"])
+def test_bad_resume_file_is_one_line_and_keeps_last_pt(tmp_path, capsys, content):
+    out = tmp_path / "run"
+    base = ["pretrain", "--data", "synthetic", "--output-dir", str(out), *TINY, "data.num_samples=16",
+            "train.batch_size=8", "train.epochs=1", "log.recon_every_epochs=100"]
+    assert main(base) == 0
+    good = (out / "last.pt").read_bytes()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    capsys.readouterr()
+    assert main([*base, "--resume", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.pt" in err and "Traceback" not in err
+    assert (out / "last.pt").read_bytes() == good
+
+
+def test_foreign_checkpoint_is_rejected(tmp_path, capsys):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
+    assert main(["pretrain", "--data", "synthetic", "--output-dir", str(tmp_path / "r"), *TINY,
+                 "--resume", str(foreign)]) == 2
+    assert "not a mixedae pre-training checkpoint" in capsys.readouterr().err
+
+
+def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["pretrain", "--data", "synthetic", "--output-dir", str(out), *TINY, "data.num_samples=64",
+               "train.batch_size=8", "train.epochs=3", "checkpoint.every_steps=1", "optim.lr=1e30",
+               "optim.warmup_epochs=0", "log.recon_every_epochs=100"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and "at step" in err and "last good checkpoint" in err, err
+    ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+
+
+def test_batch_not_divisible_by_group_is_a_user_error(tmp_path, capsys):
+    rc = main(["pretrain", "--data", "synthetic", "--output-dir", str(tmp_path), *TINY, "train.batch_size=6"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "multiple of 4" in err and len(err.strip().splitlines()) == 1
