@@ -1,0 +1,254 @@
+"""Datasets on disk: layout detection, image lists, and readers that survive corrupt files.
+
+Layouts (``detect_layout``):
+    segmentation  ``<root>/images/{train,val}/*`` + ``<root>/annotations/{train,val}/*.png``.
+    imagefolder   ``<root>/<class>/**/*.jpg|png|...`` (no images directly in ``<root>``), optionally
+                  under ``train/`` + ``val/`` (or ``test/``) split folders.
+    unlabeled     any other folder holding images, flat or nested (targets are -1).
+A nested folder of unlabeled images whose sub-folders all hold images reads as an imagefolder; its
+"classes" are then the sub-folder names, which pre-training ignores anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import struct
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = 255
+SPLIT_DIRS = {"train": ("train",), "val": ("val", "test")}
+LABEL_MODES = ("1", "L", "P", "I", "I;16")
+# What PIL raises on corrupt, truncated or foreign files (UnidentifiedImageError is an OSError).
+UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, Image.DecompressionBombError)
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMG_EXTENSIONS
+
+
+def _visible(names: list[str]) -> list[str]:
+    return sorted(n for n in names if not n.startswith(".") and n != "__MACOSX")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """All image files under ``folder`` (recursive, hidden entries skipped), sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = _visible(dirnames)
+        found += [Path(dirpath, n) for n in _visible(filenames) if is_image(Path(n))]
+    return sorted(found)
+
+
+def has_images(folder: Path) -> bool:
+    """True if any image file lies under ``folder`` (stops at the first)."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = _visible(dirnames)
+        if any(is_image(Path(n)) for n in _visible(filenames)):
+            return True
+    return False
+
+
+def class_folders(folder: Path) -> list[str]:
+    """Sorted names of ``folder``'s sub-folders that hold images: the classes of an ImageFolder tree."""
+    return [n for n in _visible(os.listdir(folder)) if (folder / n).is_dir() and has_images(folder / n)]
+
+
+def split_folders(root: Path) -> Optional[dict[str, Path]]:
+    """``{"train": root/train, "val": root/val or root/test}`` if both exist, else None."""
+    found = {split: next((root / n for n in names if (root / n).is_dir()), None) for split, names in SPLIT_DIRS.items()}
+    return found if all(found.values()) else None
+
+
+def tree_root(root: Path) -> Path:
+    """The folder whose contents decide the layout: ``root/train`` if present, else ``root``."""
+    return root / "train" if (root / "train").is_dir() else root
+
+
+def detect_layout(root: Path) -> str:
+    """``"segmentation"``, ``"imagefolder"`` or ``"unlabeled"``; UserError if ``root`` holds no images."""
+    if (root / "images").is_dir() and (root / "annotations").is_dir():
+        return "segmentation"
+    base = tree_root(root)
+    loose = any(is_image(base / n) for n in _visible(os.listdir(base)))
+    if not loose and class_folders(base):
+        return "imagefolder"
+    if loose or has_images(base):
+        return "unlabeled"
+    raise UserError(f"no images ({', '.join(IMG_EXTENSIONS)}) found under {root}; "
+                    "point --data at <root>/<class>/*.jpg, a folder of images, or images/ + annotations/")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode an image fully (truncated files raise) and return it as RGB."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Images from ``(path, target)`` pairs; unreadable files are skipped, warned about and counted.
+
+    Args:
+        samples: ``(path, target)`` pairs; target -1 for unlabeled images.
+        classes: class names indexed by target (empty for unlabeled images).
+        transform: applied to the RGB PIL image by ``__getitem__``.
+        source: where the images come from, for messages and ``describe()``.
+
+    A file that fails to decode is replaced by the next readable one (``(i + 1) % len``, then on),
+    deterministically, so one corrupt JPEG cannot end a long run. Each failure is logged once per
+    file and process and counted in ``num_skipped``, which DataLoader worker processes share.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str],
+                 transform: Optional[Callable] = None, source: str = ""):
+        self.samples = [(str(p), int(t)) for p, t in samples]
+        self.classes = list(classes)
+        self.transform = transform
+        self.source = source
+        self._skips = multiprocessing.Value("l", 0)
+        self._warned: set[str] = set()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def targets(self) -> list[int]:
+        return [t for _, t in self.samples]
+
+    @property
+    def num_skipped(self) -> int:
+        """Failed loads so far, over this process and its DataLoader workers."""
+        return self._skips.value
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        """-> ``(image, target)``: ``transform(PIL RGB)`` (or the PIL image) and an int (-1: unlabeled)."""
+        image, target = self.load(index)
+        return (self.transform(image) if self.transform is not None else image), target
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        """The PIL RGB image and target of item ``index``, or of the next readable item."""
+        n = len(self.samples)
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for {n} images")
+        for step in range(n):
+            path, target = self.samples[(index + step) % n]
+            try:
+                return load_rgb(path), target
+            except UNREADABLE as e:
+                self._record_skip(path, e)
+        raise UserError(f"none of the {n} images in {self.source or 'the dataset'} can be read; "
+                        "check the files (see the warnings above)")
+
+    def _record_skip(self, path: str, error: Exception) -> None:
+        with self._skips.get_lock():
+            self._skips.value += 1
+        if path not in self._warned:
+            self._warned.add(path)
+            log.warning("skipping unreadable image %s (%s: %s); using the next one", path, type(error).__name__, error)
+
+    def describe(self) -> str:
+        if not self.classes:
+            return f"unlabeled images {self.source}: {len(self)} images"
+        return f"image folder {self.source}: {len(self)} images, {self.num_classes} classes"
+
+
+def read_label(path: Path) -> np.ndarray:
+    """A label PNG as class indices: np.int64 [H, W]; UserError if it is not single-channel."""
+    with Image.open(path) as label:
+        if label.mode not in LABEL_MODES:
+            raise UserError(f"label image {path} has mode {label.mode}; annotations must be single-channel "
+                            "PNGs of class indices (mode L or P), not colour-coded")
+        return np.asarray(label, dtype=np.int64)
+
+
+def _by_stem(paths: list[Path], folder: Path) -> dict[str, Path]:
+    """Key files by their path relative to ``folder`` without the suffix."""
+    return {p.relative_to(folder).with_suffix("").as_posix(): p for p in paths}
+
+
+def count_label_classes(annotations: Path, ignore_index: int = IGNORE_INDEX) -> int:
+    """Largest class index in all label PNGs under ``annotations`` (``ignore_index`` skipped), plus one."""
+    largest = -1
+    for path in list_images(annotations):
+        values = np.unique(read_label(path))
+        values = values[values != ignore_index]
+        if values.size:
+            largest = max(largest, int(values[-1]))
+    if largest < 0:
+        raise UserError(f"no class labels found in the PNGs under {annotations} (all {ignore_index} = ignore?); "
+                        "fix the annotations or pass num_classes")
+    return largest + 1
+
+
+class SegmentationFolder(torch.utils.data.Dataset):
+    """Images with per-pixel labels: ``<root>/images/<split>/*`` paired by stem with
+    ``<root>/annotations/<split>/*.png``.
+
+    Args:
+        root: the dataset folder.
+        split: ``"train"`` or ``"val"``.
+        num_classes: number of classes; default: the largest label in all annotations (``train``
+            and ``val``, ``ignore_index`` skipped) plus one.
+        ignore_index: label value of pixels to ignore.
+
+    Attributes:
+        seg_num_classes: same as ``num_classes`` (the labels already include any background class).
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", num_classes: Optional[int] = None,
+                 ignore_index: int = IGNORE_INDEX):
+        self.root, self.split, self.ignore_index = Path(root), split, ignore_index
+        image_dir, label_dir = self.root / "images" / split, self.root / "annotations" / split
+        for folder in (image_dir, label_dir):
+            if not folder.is_dir():
+                raise UserError(f"segmentation folder {self.root} has no {folder.relative_to(self.root)}/; "
+                                f"expected images/{split}/ and annotations/{split}/")
+        images = _by_stem(list_images(image_dir), image_dir)
+        labels = _by_stem([p for p in list_images(label_dir) if p.suffix.lower() == ".png"], label_dir)
+        no_label, no_image = sorted(images.keys() - labels.keys()), sorted(labels.keys() - images.keys())
+        if no_label or no_image:
+            first = (no_label or no_image)[0]
+            raise UserError(f"segmentation folder {self.root} ({split}): {len(no_label)} image(s) without a label PNG "
+                            f"and {len(no_image)} label(s) without an image (first unpaired: {first!r}); "
+                            f"every images/{split}/<stem>.* needs annotations/{split}/<stem>.png")
+        if not images:
+            raise UserError(f"segmentation folder {self.root} has no images in images/{split}/; add image/label pairs")
+        self.pairs = [(images[stem], labels[stem]) for stem in sorted(images)]
+        self.num_classes = num_classes if num_classes is not None else count_label_classes(
+            self.root / "annotations", ignore_index)
+        self.seg_num_classes = self.num_classes
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, np.ndarray]:
+        """-> ``(image, mask)``: PIL RGB and np.int64 [H, W]."""
+        item = self.sample(index)
+        return item["image"], item["mask"]
+
+    def sample(self, index: int) -> dict:
+        """``{"image": PIL RGB, "mask": np.int64 [H, W]}`` for pair ``index``."""
+        image_path, label_path = self.pairs[index]
+        image, mask = load_rgb(image_path), read_label(label_path)
+        if mask.shape != (image.height, image.width):
+            raise UserError(f"{label_path} is {mask.shape[1]}x{mask.shape[0]} but {image_path} is "
+                            f"{image.width}x{image.height}; labels must match their image's size")
+        return {"image": image, "mask": mask}
+
+    def describe(self) -> str:
+        return f"segmentation folder {self.root} ({self.split}): {len(self)} images, {self.num_classes} classes"
