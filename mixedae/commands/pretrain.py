@@ -36,12 +36,13 @@ def recon_hook(cfg: PretrainConfig):
 
     def hook(model, epoch: int, run_dir: Path) -> None:
         if "imgs" not in state:
-            size = model.encoder.img_size
-            val = build_dataset(cfg.data.spec, "val", eval_transform(size), image_size=size,
-                                num_samples=cfg.data.num_samples, seed=cfg.data.seed)
-            count = min(len(val), 2 * model.group_size if model.group_size > 1 else 8)
-            count -= count % model.group_size
-            state["imgs"] = torch.stack([val[i][0] for i in range(count)])
+            size, g = model.encoder.img_size, model.group_size
+            opts = dict(image_size=size, num_samples=cfg.data.num_samples, seed=cfg.data.seed)
+            images = build_dataset(cfg.data.spec, "val", eval_transform(size), **opts)
+            if len(images) < g:  # a tiny hold-out split: show training images instead
+                images = build_dataset(cfg.data.spec, "train", eval_transform(size), **opts)
+            count = min(len(images), 2 * g if g > 1 else 8)
+            state["imgs"] = torch.stack([images[i][0] for i in range(count - count % g)])
         device = next(model.parameters()).device
         reconstruction_figure(model, state["imgs"].to(device), run_dir / "recon" / f"epoch-{epoch}.png",
                               IMAGENET_MEAN, IMAGENET_STD)

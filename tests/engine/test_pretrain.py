@@ -62,7 +62,13 @@ def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
     pretrain(config(tmp_path / "acc", *common, "train.batch_size=8", "train.accum_steps=2"))
     big, acc = weights(tmp_path / "big" / "last.pt"), weights(tmp_path / "acc" / "last.pt")
     for key in big:
-        torch.testing.assert_close(acc[key], big[key], rtol=0, atol=1e-5, msg=key)
+        a, b = acc[key], big[key]
+        if key.endswith("attn.qkv.bias"):
+            # The key bias has an exactly-zero true gradient (softmax ignores a constant per query),
+            # so its computed gradient is float noise that Adam normalises into an arbitrary step.
+            third = a.shape[0] // 3
+            a, b = torch.cat([a[:third], a[2 * third:]]), torch.cat([b[:third], b[2 * third:]])
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=key)
     # not vacuous: the three steps did move the weights away from where one step leaves them
     pretrain(config(tmp_path / "one", "data.num_samples=64", "train.max_steps=1", "optim.lr=1e-3",
                     "train.batch_size=16"))
@@ -164,3 +170,24 @@ def test_batch_not_divisible_by_group_is_a_user_error(tmp_path, capsys):
     rc = main(["pretrain", "--data", "synthetic", "--output-dir", str(tmp_path), *TINY, "train.batch_size=6"])
     err = capsys.readouterr().err
     assert rc == 2 and "multiple of 4" in err and len(err.strip().splitlines()) == 1
+
+
+def test_unreadable_files_are_skipped_and_counted(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (20, 20), (i * 20, 40, 200 if c == "a" else 0)).save(root / c / f"{i}.jpg")
+    good = (root / "a" / "0.jpg").read_bytes()
+    (root / "a" / "broken.jpg").write_bytes(good[: len(good) // 2])  # truncated JPEG
+    (root / "b" / "notes.jpg").write_text("this is not an image")  # text file named .jpg
+    out = tmp_path / "run"
+    rc = main(["pretrain", "--data", str(root), "--output-dir", str(out), *TINY, "data.num_workers=1",
+               "train.batch_size=8", "train.epochs=1", "log.recon_every_epochs=100"])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["skipped_files"] >= 1
+    last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-2]
+    assert "skipped_files" in last
