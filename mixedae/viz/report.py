@@ -114,7 +114,7 @@ def load_run(path: Path, name: str) -> Run:
 
 def summary(run: Run) -> dict[str, Any]:
     """Final numbers of a run: results.json where present, else derived from the metrics records."""
-    last = run.records[-1]
+    last = {k: v for r in run.records for k, v in r.items()}  # latest value of every key
     final = run.results.get("final") if isinstance(run.results.get("final"), dict) else {}
     speeds = [r["img_per_s"] for r in run.records if isinstance(r.get("img_per_s"), (int, float))]
     row: dict[str, Any] = {
