@@ -130,10 +130,10 @@ def main(argv=None) -> int:
     print(f"# one pre-training step (fwd+bwd+AdamW), batch {args.batch_size}, {args.steps} timed rounds after "
           f"{args.warmup} warm-up, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, torch {torch.__version__}"
           + (f", overrides {overrides}" if overrides else ""))
-    print(f"{'model':30}{'params':>8}{'median s':>10}{'q1 - q3 s':>16}{'min s':>8}{'cpu s':>8}{'img/s':>8}"
+    print(f"{'model':30}{'params':>8}{'median s':>10}{'q1 - q3 s':>17}{'min s':>8}{'cpu s':>8}{'img/s':>8}"
           f"{'time ratio':>12}{'cpu ratio':>11}")
     for r in rows:
-        print(f"{r['model']:30}{r['params_m']:7.2f}M{r['median_s']:10.3f}{r['q1_s']:9.3f} -{r['q3_s']:6.3f}"
+        print(f"{r['model']:30}{r['params_m']:7.2f}M{r['median_s']:10.3f}{r['q1_s']:9.3f} - {r['q3_s']:<7.3f}"
               f"{r['min_s']:8.3f}{r['cpu_s']:8.3f}{r['img_per_s']:8.1f}{r['time_ratio']:12.3f}{r['cpu_ratio']:11.3f}")
     print(f"# time / cpu ratio = median wall / CPU seconds per step relative to {rows[0]['reference']}")
     if args.json:

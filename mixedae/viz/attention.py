@@ -57,6 +57,12 @@ def cls_attention(encoder: VisionTransformer, imgs: Tensor) -> Tensor:
     return patch / patch.sum(dim=-1, keepdim=True)
 
 
+def object_pixels(masks: Union[Tensor, np.ndarray]) -> Tensor:
+    """``[N, H, W]`` masks (tensor or array, non-zero = object) → bool tensor ``[N, H, W]`` on CPU."""
+    masks = masks.cpu() if isinstance(masks, Tensor) else torch.as_tensor(np.asarray(masks))
+    return masks != 0
+
+
 def object_attention_mass(attention: Tensor, masks: Union[Tensor, np.ndarray], patch_size: int) -> Tensor:
     """Fraction of each image's attention on object pixels (see the module docstring).
 
@@ -66,7 +72,7 @@ def object_attention_mass(attention: Tensor, masks: Union[Tensor, np.ndarray], p
     Returns:
         ``[N]`` values in [0, 1].
     """
-    objects = (torch.as_tensor(np.asarray(masks)) != 0).float()[:, None]  # [N, 1, H, W]
+    objects = object_pixels(masks).float()[:, None]  # [N, 1, H, W]
     coverage = patchify(objects, patch_size).mean(dim=-1)  # [N, L] object fraction of each patch
     return (attention.float().cpu() * coverage).sum(dim=-1)
 
@@ -93,7 +99,8 @@ def attention_figure(encoder: VisionTransformer, imgs: Tensor, path: Union[str, 
     result: dict[str, Any] = {"figure": str(path)}
     mass = None
     if masks is not None:
-        mass = object_attention_mass(attention, masks, encoder.patch_size)
+        objects = object_pixels(masks).numpy()
+        mass = object_attention_mass(attention, objects, encoder.patch_size)
         result.update(per_image=mass.tolist(), mean=float(mass.mean()))
     fig, axes = panel_grid(2, n)
     for i in range(n):
@@ -101,6 +108,6 @@ def attention_figure(encoder: VisionTransformer, imgs: Tensor, path: Union[str, 
         show(axes[1, i], images[i], "cls attention" if mass is None else f"on objects {mass[i]:.2f}")
         axes[1, i].imshow(heat[i], cmap="jet", alpha=OVERLAY_ALPHA, interpolation="nearest")
         if masks is not None:
-            axes[1, i].contour(np.asarray(masks[i]) != 0, levels=[0.5], colors="white", linewidths=0.8)
+            axes[1, i].contour(objects[i], levels=[0.5], colors="white", linewidths=0.8)
     save_png(fig, path)
     return result
