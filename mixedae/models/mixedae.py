@@ -95,9 +95,16 @@ class MixedAutoencoder(nn.Module):
         self.patch_size, self.num_patches = encoder.patch_size, length
         self.mode, self.segment_embed_place = mode, segment_embed
         self.homologous_blocks = self._resolve_blocks(homologous_blocks, encoder.depth)
-        self.topk = length // g if topk is None else int(topk)
-        if not 1 <= self.topk <= length:
-            raise ValueError(f"topk must lie in [1, L={length}], got {topk}")
+        self.topk = length // g if topk is None else topk
+        if not isinstance(self.topk, int) or not 1 <= self.topk <= length:
+            raise ValueError(f"topk must be an integer in [1, L={length}], got {topk!r}")
+        if homocon_weight > 0 and length // g < 2:
+            raise ValueError(
+                f"the homologous contrastive loss needs at least 2 patches per source, but r·L = {length // g}; "
+                "use larger images / smaller patches, a larger mixing ratio, or homocon_weight=0"
+            )
+        if projector_dim is not None and homocon_weight <= 0:
+            raise ValueError("projector_dim is set but homocon_weight is 0, so the projector would never be trained")
         self.homocon_weight, self.tau, self.norm_pix_loss = homocon_weight, tau, norm_pix_loss
         pixels = encoder.patch_size**2 * encoder.in_chans
         self.decoder = Decoder(
