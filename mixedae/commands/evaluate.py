@@ -1,7 +1,106 @@
-"""Sub-commands (being written)."""
+"""``mixedae knn | linprobe | finetune | segprobe | transfer | export``: arguments → :mod:`mixedae.eval`.
+
+Each command calls one library function, prints its short summary and leaves ``results.json``
+(or the export files) behind; ``key=value`` overrides go to the protocol's typed config.
+"""
+
+from __future__ import annotations
 
 import argparse
 
+from .common import add_overrides
+
+WEIGHTS_HELP = "pre-training run folder, checkpoint (.pt/.pth/.safetensors), export folder or MAE-style checkpoint"
+DATA_HELP = "synthetic | DIR | ARCHIVE.tar[.gz]"
+PROTOCOLS = {
+    "linprobe": ("linear probe on frozen cls features (BatchNorm + Linear, LARS)",
+                 "MAE's linear probe on frozen cls-token features. Keys: epochs, batch_size, blr|lr, warmup_epochs, "
+                 "weight_decay, seed, data.*, ..."),
+    "finetune": ("fine-tune end to end (MAE recipe; also under torchrun)",
+                 "MAE fine-tuning of a timm ViT initialised from the encoder (layer decay, drop-path, mixup/cutmix, "
+                 "RandAugment, random erasing). Also runs under torchrun --nproc_per_node=N -m mixedae finetune ..."),
+    "segprobe": ("linear segmentation probe on frozen patch tokens (mIoU)",
+                 "Per-patch linear classifier on frozen patch tokens, bilinearly upsampled; mIoU and pixel accuracy. "
+                 "Keys: layers, epochs, batch_size, lr, ignore_index, mask_size, num_classes, data.*, ..."),
+}
+
+
+def int_list(text: str) -> list[int]:
+    """``"20"`` or ``"10,20,100"`` → list of ints (argparse type)."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or a comma list like 10,20,100, got {text!r}") from None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--output-dir", help="results folder (default <run>/eval/<protocol> or runs/eval/<name>/<protocol>)")
+    add_overrides(p)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this group's parsers."""
+    p = sub.add_parser("knn", help="weighted k-NN on frozen features (top-1)",
+                       description="DINO's weighted k-NN (cosine, exp(sim/T) votes) on frozen cls and mean-patch "
+                                   "features; the headline is cls top-1 at k=20.")
+    _common(p)
+    p.add_argument("--k", type=int_list, default=[10, 20, 100, 200], help="k or comma list (default 10,20,100,200)")
+    p.add_argument("--temperature", type=float, default=0.07, help="vote temperature T (default 0.07)")
+    p.set_defaults(func=run_knn_command)
+
+    for name, (short, description) in PROTOCOLS.items():
+        p = sub.add_parser(name, help=short, description=description)
+        _common(p)
+        p.set_defaults(func=run_protocol_command, protocol=name)
+
+    p = sub.add_parser("transfer", help="k-NN / linear probe over several datasets: one table",
+                       description="Rows = weights × protocol, columns = datasets + average (top-1 %%). "
+                                   "knn.<key>=... / linprobe.<key>=... overrides go to one protocol only.")
+    p.add_argument("--weights", required=True, help=WEIGHTS_HELP + " (comma list: one row each)")
+    p.add_argument("--data", required=True, help="comma list of " + DATA_HELP)
+    p.add_argument("--protocols", default="knn,linprobe", help="comma list of knn, linprobe (default both)")
+    p.add_argument("--output-dir", help="results folder (default <run>/eval/transfer)")
+    add_overrides(p)
+    p.set_defaults(func=run_transfer_command)
+
+    p = sub.add_parser("export", help="export the encoder as a timm checkpoint",
+                       description="Write model.safetensors, pytorch_model.pth (timm keys, encoder only) and "
+                                   "config.json; loads with timm.create_model('local-dir:DIR', pretrained=True).")
+    p.add_argument("weights", metavar="W", help=WEIGHTS_HELP)
+    p.add_argument("--out", required=True, help="export folder")
+    p.set_defaults(func=run_export_command)
+
+
+def run_knn_command(args: argparse.Namespace) -> int:
+    from ..eval.knn import run_knn, summary
+
+    print(summary(run_knn(args.weights, args.data, ks=args.k, temperature=args.temperature, overrides=args.overrides,
+                          output_dir=args.output_dir)))
+    return 0
+
+
+def run_protocol_command(args: argparse.Namespace) -> int:
+    from ..eval import finetune, linprobe, segprobe
+
+    module = {"linprobe": linprobe, "finetune": finetune, "segprobe": segprobe}[args.protocol]
+    run = getattr(module, f"run_{args.protocol}")
+    text = module.summary(run(args.weights, args.data, overrides=args.overrides, output_dir=args.output_dir))
+    if text:
+        print(text)
+    return 0
+
+
+def run_transfer_command(args: argparse.Namespace) -> int:
+    from ..eval.transfer import run_transfer, summary
+
+    print(summary(run_transfer(args.weights, args.data, protocols=args.protocols, overrides=args.overrides,
+                               output_dir=args.output_dir)))
+    return 0
+
+
+def run_export_command(args: argparse.Namespace) -> int:
+    from ..eval.weights import export_encoder, export_summary
+
+    print(export_summary(export_encoder(args.weights, args.out)))
+    return 0

@@ -1,0 +1,145 @@
+"""Frozen features: extracted once per (weights, data, split, transform, kind) and cached.
+
+The cache key hashes the weights file's identity, the data spec and its options, the split, the
+item list of folder datasets, the transform (its ``repr``) and the kind of features. Features live
+in memory for the process (transfer runs k-NN and the linear probe on the same tensors) and, unless
+switched off, in ``<cache_dir>/<key>.pt`` (written atomically; an unreadable file is recomputed).
+
+Kinds:
+    ``global``: ``cls [N, D]`` (cls token after the final norm) and ``patch_mean [N, D]`` (mean of
+        the normalised patch tokens).
+    ``patches-<k>``: ``patches [N, k·D, h, w]``, the last ``k`` blocks' patch tokens, each through
+        the final norm (timm ``forward_intermediates(norm=True)``), concatenated on channels.
+Every kind also holds ``targets``: the datasets' second item, stacked (labels ``[N]``, masks ``[N, H, W]``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..data.transforms import eval_transform
+from ..distributed import resolve_device
+from ..errors import UserError
+from ..io import atomic_torch_save, load_checkpoint
+from ..models import VisionTransformer
+from .common import EvalConfig, data_summary, image_size_for, labelled_splits
+from .weights import to_timm
+
+FeatureFn = Callable[[Tensor], dict[str, Tensor]]
+_MEMORY: dict[str, dict[str, Tensor]] = {}
+
+
+def global_features(model: nn.Module) -> FeatureFn:
+    """``imgs [N, C, H, W]`` → ``{"cls": [N, D], "patch_mean": [N, D]}`` from a timm ViT."""
+
+    def fn(imgs: Tensor) -> dict[str, Tensor]:
+        tokens = model.forward_features(imgs)  # [N, 1+L, D], after the final norm
+        return {"cls": tokens[:, 0], "patch_mean": tokens[:, 1:].mean(dim=1)}
+
+    return fn
+
+
+def patch_features(model: nn.Module, layers: int) -> FeatureFn:
+    """``imgs [N, C, H, W]`` → ``{"patches": [N, layers·D, h, w]}`` (last ``layers`` blocks, normed)."""
+
+    def fn(imgs: Tensor) -> dict[str, Tensor]:
+        maps = model.forward_intermediates(imgs, indices=layers, norm=True, output_fmt="NCHW", intermediates_only=True)
+        return {"patches": torch.cat(maps, dim=1)}
+
+    return fn
+
+
+@torch.no_grad()
+def extract(fn: FeatureFn, dataset: Dataset, *, batch_size: int, num_workers: int, device: torch.device,
+            progress: bool, desc: str) -> dict[str, Tensor]:
+    """Run ``fn`` over ``dataset`` (items ``(image [C, H, W], target)``) in order; results on CPU."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    parts: dict[str, list[Tensor]] = {}
+    for imgs, targets in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, file=sys.stderr):
+        for key, value in {**fn(imgs.to(device)), "targets": torch.as_tensor(targets)}.items():
+            parts.setdefault(key, []).append(value.float().cpu() if value.is_floating_point() else value.cpu())
+    return {key: torch.cat(values) for key, values in parts.items()}
+
+
+def _items_digest(dataset: Dataset) -> Optional[str]:
+    """Hash of a folder dataset's file list (None for generated data)."""
+    items = getattr(dataset, "samples", None) or getattr(dataset, "pairs", None)
+    return hashlib.sha1(repr(items).encode()).hexdigest() if items is not None else None
+
+
+def cache_key(weights: dict[str, Any], data: dict[str, Any], split: str, dataset: Dataset, kind: str) -> dict[str, Any]:
+    """The description hashed into the cache file name (see the module docstring)."""
+    spec = data["spec"]
+    return {
+        "weights": weights["fingerprint"],
+        "data": {**data, "spec": spec if not Path(spec).exists() else str(Path(spec).resolve())},
+        "split": split,
+        "items": _items_digest(dataset),
+        "length": len(dataset),
+        "transform": repr(getattr(dataset, "transform", None)),
+        "kind": kind,
+    }
+
+
+def cached(key: dict[str, Any], compute: Callable[[], dict[str, Tensor]], cache_dir: Optional[Path]) -> dict[str, Tensor]:
+    """``compute()`` unless the features for ``key`` are in memory or in ``cache_dir``."""
+    text = json.dumps(key, sort_keys=True)
+    digest = hashlib.sha1(text.encode()).hexdigest()[:20]
+    if digest in _MEMORY:
+        return _MEMORY[digest]
+    path = cache_dir / f"{key['kind']}-{key['split']}-{digest}.pt" if cache_dir is not None else None
+    features = None
+    if path is not None and path.is_file():
+        try:
+            stored = load_checkpoint(path)
+            features = stored["features"] if stored.get("key") == text else None
+        except (UserError, KeyError):
+            features = None  # damaged cache file: recompute and overwrite
+    if features is None:
+        features = compute()
+        if path is not None:
+            atomic_torch_save({"key": text, "features": features}, path)
+    _MEMORY[digest] = features
+    return features
+
+
+def data_options(cfg: EvalConfig, image_size: int) -> dict[str, Any]:
+    """The data part of a cache key."""
+    return {"spec": cfg.data.spec, "image_size": image_size, "num_samples": cfg.data.num_samples, "seed": cfg.data.seed}
+
+
+def split_features(fn: FeatureFn, datasets: dict[str, Dataset], info: dict[str, Any], cfg: EvalConfig,
+                   image_size: int, kind: str, cache_dir: Path, device: torch.device) -> dict[str, dict[str, Tensor]]:
+    """``{split: features}`` of ``fn`` over each dataset, through the cache (off with ``cache_features=false``)."""
+    out = {}
+    for split, ds in datasets.items():
+        key = cache_key(info, data_options(cfg, image_size), split, ds, kind)
+        out[split] = cached(key, lambda: extract(fn, ds, batch_size=cfg.extract_batch_size, device=device,
+                                                 num_workers=cfg.data.num_workers, progress=cfg.progress,
+                                                 desc=f"{kind} features ({split})"),
+                            cache_dir if cfg.cache_features else None)
+    return out
+
+
+def labelled_features(encoder: VisionTransformer, info: dict[str, Any], cfg: EvalConfig,
+                      cache_dir: Path) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Any]]:
+    """``global`` features (plus labels as ``targets``) of the train and val splits, evaluation transform.
+
+    Returns ``(train, val, data summary)``; train/val hold ``cls``, ``patch_mean`` ``[N, D]`` and ``targets [N]``.
+    """
+    size = image_size_for(cfg, encoder)
+    transform = eval_transform(size)
+    train, val = labelled_splits(cfg, size, transform, transform)
+    device = resolve_device(cfg.device)
+    feats = split_features(global_features(to_timm(encoder).to(device)), {"train": train, "val": val}, info, cfg,
+                           size, "global", cache_dir, device)
+    return feats["train"], feats["val"], data_summary(cfg, train, val)

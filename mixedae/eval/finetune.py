@@ -1,0 +1,224 @@
+"""End-to-end fine-tuning (MAE's recipe) of a timm VisionTransformer initialised from our encoder.
+
+Model: ``timm.create_model(<arch>, num_classes=C, global_pool="avg", drop_path_rate=0.1, **model_args)``.
+With average pooling timm normalises the pooled tokens with ``fc_norm`` (and ``norm`` is an
+identity), so the encoder's ``norm.*`` is loaded into ``fc_norm.*`` as MAE's fine-tuning does; the
+load is checked: only ``head.*`` may be missing. The head starts at trunc-normal(std 2e-5).
+
+Recipe (METHOD.md §5): AdamW (wd 0.05, no decay on norms/biases/tokens) with layer-wise lr decay
+0.65 (timm ``create_optimizer_v2(layer_decay=...)``), lr = blr × global batch / 256, per-step linear
+warm-up + cosine; RandAugment ``rand-m9-mstd0.5-inc1`` and random erasing 0.25 (timm
+``create_transform``), mixup 0.8 / cutmix 1.0 / label smoothing 0.1 (timm ``Mixup`` +
+``SoftTargetCrossEntropy``), drop-path 0.1. Epochs, batch and warm-up default to a small dataset.
+
+Runs in one process or under ``torchrun`` (DDP, gloo on CPU): a ``DistributedSampler`` shards the
+training set, every rank evaluates a disjoint slice of the val split and the counts are summed;
+only rank 0 prints progress and writes ``results.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import timm
+import torch
+from timm.data import Mixup, create_transform
+from timm.layers import trunc_normal_
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
+
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from ..distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
+from ..engine.optim import cosine_lr, set_lr
+from ..errors import UserError
+from ..models import VisionTransformer
+from .common import (EvalConfig, data_summary, image_size_for, labelled_splits, load_eval_config, output_dirs,
+                     seed_everything, write_results)
+from .weights import load_encoder, timm_architecture
+
+HEAD_KEYS = ["head.bias", "head.weight"]
+
+
+@dataclass
+class FinetuneConfig(EvalConfig):
+    epochs: int = 20
+    warmup_epochs: float = 2.0
+    batch_size: int = 64  # per process
+    blr: float = 1e-3  # lr = blr × batch_size × processes / 256
+    lr: Optional[float] = None  # absolute lr; overrides blr
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    layer_decay: float = 0.65
+    drop_path: float = 0.1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    smoothing: float = 0.1
+    auto_augment: str = "rand-m9-mstd0.5-inc1"  # "" switches RandAugment off
+    reprob: float = 0.25
+    clip_grad: Optional[float] = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UserError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
+            raise UserError(f"mixup/cutmix pair images within a batch: batch_size must be even, got {self.batch_size}")
+
+
+def load_into_timm(model: nn.Module, encoder: VisionTransformer) -> None:
+    """Copy the encoder into a global-average-pooling timm ViT (``norm.*`` → ``fc_norm.*``).
+
+    Raises UserError unless exactly the classifier (``head.weight``, ``head.bias``) is left out.
+    """
+    state = {(f"fc_norm.{k[len('norm.'):]}" if k.startswith("norm.") else k): v for k, v in encoder.state_dict().items()}
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys or sorted(result.missing_keys) != HEAD_KEYS:
+        raise UserError(f"the encoder does not fit the fine-tuning model: missing {result.missing_keys}, unexpected "
+                        f"{result.unexpected_keys} (only {HEAD_KEYS} may be missing)")
+
+
+def finetune_model(encoder: VisionTransformer, num_classes: int, drop_path: float) -> nn.Module:
+    """timm ViT with average pooling and a ``num_classes`` head, initialised from ``encoder``."""
+    model = timm.create_model(timm_architecture(encoder), pretrained=False, num_classes=num_classes,
+                              global_pool="avg", drop_path_rate=drop_path, **encoder.timm_kwargs())
+    load_into_timm(model, encoder)
+    trunc_normal_(model.head.weight, std=2e-5)
+    return model
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, dist_info: DistInfo) -> dict[str, float]:
+    """Top-1/top-5 (%) and loss over the val split, summed over every rank's slice."""
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, loss sum, count
+    for imgs, targets in loader:
+        logits, targets = model(imgs.to(device)).float(), targets.to(device)
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top5 == targets[:, None]
+        sums += torch.tensor([hits[:, 0].sum().item(), hits.any(1).sum().item(),
+                              nn.functional.cross_entropy(logits, targets, reduction="sum").item(), len(targets)],
+                             dtype=torch.float64)
+    sums = all_reduce_mean(sums.to(device)).cpu() * dist_info.world_size
+    count = max(sums[3].item(), 1.0)
+    return {"top1": 100 * sums[0].item() / count, "top5": 100 * sums[1].item() / count, "val_loss": sums[2].item() / count}
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+                    mixup: Optional[Mixup], cfg: FinetuneConfig, epoch: int, base_lr: float, device: torch.device,
+                    show: bool) -> float:
+    """One pass over this rank's shard; returns the mean training loss (this rank)."""
+    model.train()
+    steps, total = len(loader), 0.0
+    bar = tqdm(loader, desc=f"fine-tune epoch {epoch + 1}/{cfg.epochs}", disable=not show, dynamic_ncols=True,
+               file=sys.stderr)
+    for step, (imgs, targets) in enumerate(bar):
+        set_lr(optimizer, cosine_lr(epoch + step / steps, base_lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs))
+        imgs, targets = imgs.to(device), targets.to(device)
+        if mixup is not None:
+            imgs, targets = mixup(imgs, targets)
+        loss = criterion(model(imgs), targets)
+        if not torch.isfinite(loss):
+            raise UserError(f"fine-tuning loss became {loss.item()} at epoch {epoch + 1}; lower blr or set clip_grad=1.0")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_grad is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        optimizer.step()
+        total += loss.item()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return total / max(steps, 1)
+
+
+def _criterion(cfg: FinetuneConfig, mixup: Optional[Mixup]) -> nn.Module:
+    if mixup is not None:
+        return SoftTargetCrossEntropy()  # mixup already smooths the targets
+    if cfg.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def _finetune(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str | Path],
+              dist_info: DistInfo) -> dict[str, Any]:
+    seed_everything(cfg.seed + dist_info.rank)
+    encoder, info = load_encoder(weights)
+    out, _ = output_dirs(info, "finetune", output_dir, cfg.cache_dir)
+    size = image_size_for(cfg, encoder)
+    train_tf = create_transform(size, is_training=True, auto_augment=cfg.auto_augment or None, re_prob=cfg.reprob,
+                                re_mode="pixel", re_count=1, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    train, val = labelled_splits(cfg, size, train_tf, eval_transform(size))
+    num_classes, world, device = len(train.classes), dist_info.world_size, dist_info.device
+    sampler = DistributedSampler(train, num_replicas=world, rank=dist_info.rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=True)
+    train_loader = DataLoader(train, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
+                              drop_last=True)
+    if len(train_loader) == 0:
+        raise UserError(f"the training split has {len(train)} images, fewer than one batch of {cfg.batch_size} per "
+                        f"process × {world} process(es); lower batch_size")
+    val_loader = DataLoader(Subset(val, range(dist_info.rank, len(val), world)), batch_size=cfg.extract_batch_size,
+                            num_workers=cfg.data.num_workers)
+
+    model = finetune_model(encoder, num_classes, cfg.drop_path).to(device)
+    base_lr = cfg.lr if cfg.lr is not None else cfg.blr * cfg.batch_size * world / 256
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=base_lr, weight_decay=cfg.weight_decay,
+                                    layer_decay=cfg.layer_decay)
+    module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if dist_info.enabled else model
+    mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
+                  num_classes=num_classes) if cfg.mixup > 0 or cfg.cutmix > 0 else None
+    criterion, show = _criterion(cfg, mixup), cfg.progress and dist_info.is_main
+
+    start, history = time.time(), []
+    for epoch in range(cfg.epochs):
+        sampler.set_epoch(epoch)
+        loss = train_one_epoch(module, train_loader, optimizer, criterion, mixup, cfg, epoch, base_lr, device, show)
+        record = {"epoch": epoch + 1, "train_loss": loss, **evaluate(model, val_loader, device, dist_info)}
+        history.append(record)
+        if show:
+            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {loss:.4f}  val top-1 {record['top1']:.2f}%  "
+                  f"top-5 {record['top5']:.2f}%", file=sys.stderr)
+    best = max(history, key=lambda h: h["top1"])
+    results = {
+        "protocol": "finetune",
+        "top1": history[-1]["top1"],
+        "top5": history[-1]["top5"],
+        "best_top1": best["top1"],
+        "best_epoch": best["epoch"],
+        "lr": base_lr,
+        "processes": world,
+        "history": history,
+        "data": data_summary(cfg, train, val),
+        "time_s": time.time() - start,
+    }
+    return write_results(results, out, cfg, info) if dist_info.is_main else results
+
+
+def run_finetune(weights: str | Path, data: str, *, overrides: Sequence[str] = (),
+                 output_dir: Optional[str | Path] = None) -> dict[str, Any]:
+    """Fine-tune ``weights`` on ``data`` (joins the torchrun group when launched by torchrun).
+
+    Rank 0 writes ``<output_dir>/results.json``; every rank returns the results.
+    """
+    cfg = load_eval_config(FinetuneConfig, data, overrides)
+    dist_info = init_distributed(cfg.device)
+    try:
+        return _finetune(cfg, weights, output_dir, dist_info)
+    finally:
+        cleanup_distributed()
+
+
+def summary(results: dict[str, Any]) -> str:
+    """One line of results (empty on ranks other than 0, which write nothing)."""
+    if "results_file" not in results:
+        return ""
+    data = results["data"]
+    return (f"fine-tuning on {data['spec']} ({data['train']} train / {data['val']} val, {data['num_classes']} classes, "
+            f"{len(results['history'])} epochs, {results['processes']} process(es)): last top-1 {results['top1']:.2f}%  "
+            f"best top-1 {results['best_top1']:.2f}% (epoch {results['best_epoch']})   -> {results['results_file']}")

@@ -1,0 +1,274 @@
+"""Load a ViT encoder from anything ``--weights`` may name, and export it as a timm checkpoint.
+
+Accepted (CLI.md):
+    * a pre-training run folder (its ``last.pt``) or any pre-training checkpoint we write
+      (``{"model": whole model, encoder under "encoder.", "arch": {"name", "kwargs"}}``);
+    * an export folder (``config.json`` + ``model.safetensors`` | ``pytorch_model.pth``, below);
+    * an MAE-style checkpoint ``{"model": encoder state dict with timm keys}`` as in the official
+      MAE releases, or a bare state dict (``.pth``/``.safetensors``). Without an ``arch`` the
+      architecture is read from the tensors: ``embed_dim`` and the image grid from ``pos_embed``
+      ``[1, 1+L, D]``, ``patch_size``/``in_chans`` from ``patch_embed.proj.weight`` ``[D, C, p, p]``,
+      ``depth`` from the ``blocks.N`` indices, ``mlp_ratio`` from ``blocks.0.mlp.fc1.weight``,
+      ``qkv_bias`` from the presence of ``blocks.0.attn.qkv.bias``. The head count does not show in
+      any shape: it is timm's for the standard widths (192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16),
+      else ``embed_dim / 64`` (head dim 64, timm's convention; 1 head below 64 dims).
+      Decoder keys (``decoder*``, ``mask_token``), ``head.*`` and ``fc_norm.*`` are ignored; every
+      encoder key must be present and used (a missing or unexpected one is a UserError naming it).
+
+Export (``export_encoder``) writes ``model.safetensors`` and ``pytorch_model.pth`` (encoder only,
+timm keys) and a timm/Hugging Face style ``config.json``; the folder then loads with
+``timm.create_model("local-dir:<folder>", pretrained=True)`` or with
+``timm.create_model(config["architecture"], pretrained=True, pretrained_cfg_overlay=dict(file=<weights>,
+num_classes=0), **config["model_args"])``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ..data.transforms import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, SMALL_IMAGE
+from ..errors import UserError
+from ..io import _atomic, atomic_torch_save, atomic_write_json, load_checkpoint
+from ..models import VisionTransformer, create_model
+
+RUN_CHECKPOINT = "last.pt"
+EXPORT_CONFIG = "config.json"
+EXPORT_FILES = ("model.safetensors", "pytorch_model.pth")  # preference order when loading
+IGNORED_PREFIXES = ("decoder", "mask_token", "head.", "fc_norm.")
+STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+TIMM_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large"}
+ENCODER_ARGS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias")
+
+
+def _fingerprint(path: Path) -> str:
+    """Identity of a weights file for feature caches: path, size and modification time."""
+    st = path.stat()
+    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def _short(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_strict(encoder: nn.Module, state: dict[str, Tensor], source: Path | str) -> None:
+    """``load_state_dict`` that names every missing / unexpected key or shape mismatch in a UserError."""
+    try:
+        result = encoder.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0])
+        raise UserError(f"{source}: encoder weights do not fit the architecture ({detail[:200]}); "
+                        "the file is inconsistent or not a ViT encoder") from None
+    if result.missing_keys or result.unexpected_keys:
+        parts = []
+        if result.missing_keys:
+            parts.append(f"missing encoder keys {_short(result.missing_keys)}")
+        if result.unexpected_keys:
+            parts.append(f"unexpected keys {_short(result.unexpected_keys)}")
+        raise UserError(f"{source}: {'; '.join(parts)}; pass a complete ViT encoder checkpoint with timm key names")
+
+
+def infer_encoder_args(state: dict[str, Tensor], source: Path | str) -> dict[str, Any]:
+    """VisionTransformer arguments read from an encoder state dict (rules in the module docstring)."""
+    missing = [k for k in ("pos_embed", "patch_embed.proj.weight") if k not in state]
+    if missing:
+        raise UserError(f"{source} holds no ViT encoder weights (no {', '.join(missing)}); pass a run folder, a "
+                        "mixedae checkpoint, an export folder or an MAE-style {'model': state_dict} file")
+    pos, proj = state["pos_embed"], state["patch_embed.proj.weight"]
+    embed_dim, patch_size, in_chans = pos.shape[-1], proj.shape[-1], proj.shape[1]
+    grid = math.isqrt(pos.shape[1] - 1)
+    if pos.ndim != 3 or grid * grid != pos.shape[1] - 1:
+        raise UserError(f"{source}: pos_embed {tuple(pos.shape)} is not [1, 1 + grid², D] (cls token + square grid); "
+                        "only square ViTs with a cls token are supported")
+    depth = 1 + max((int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+    if depth == 0:
+        raise UserError(f"{source} has no transformer blocks (blocks.N.*); it is not a ViT encoder")
+    hidden = state["blocks.0.mlp.fc1.weight"].shape[0] if "blocks.0.mlp.fc1.weight" in state else 4 * embed_dim
+    return dict(img_size=grid * patch_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+                depth=depth, num_heads=STANDARD_HEADS.get(embed_dim, max(1, embed_dim // 64)),
+                mlp_ratio=hidden / embed_dim, qkv_bias="blocks.0.attn.qkv.bias" in state)
+
+
+def _encoder_from_state(state: dict[str, Tensor], source: Path) -> VisionTransformer:
+    """Build and strictly load an encoder from a timm-keyed state dict (MAE extras dropped)."""
+    if "pos_embed" not in state and "encoder.pos_embed" in state:  # our whole-model state dict without arch
+        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
+    encoder = VisionTransformer(**infer_encoder_args(state, source))
+    load_strict(encoder, state, source)
+    return encoder
+
+
+def _from_pretraining(ckpt: dict[str, Any], path: Path) -> tuple[VisionTransformer, dict[str, Any]]:
+    arch = ckpt["arch"]
+    if not isinstance(arch, dict) or "name" not in arch:
+        raise UserError(f"{path}: 'arch' must be {{'name': preset, 'kwargs': {{...}}}}; the checkpoint is damaged")
+    try:
+        encoder = create_model(arch["name"], **arch.get("kwargs", {})).encoder
+    except ValueError as e:
+        raise UserError(f"{path}: cannot rebuild model {arch['name']!r} ({e})") from None
+    state = {k[len("encoder."):]: v for k, v in ckpt["model"].items() if k.startswith("encoder.")}
+    load_strict(encoder, state, path)
+    return encoder, {"kind": "checkpoint", "name": arch["name"], "epoch": ckpt.get("epoch"), "step": ckpt.get("step")}
+
+
+def _from_export(folder: Path) -> tuple[VisionTransformer, dict[str, Any], Path]:
+    try:
+        config = json.loads((folder / EXPORT_CONFIG).read_text())
+        args = config["model_args"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{folder / EXPORT_CONFIG} is not an export config with model_args ({e}); "
+                        "re-create it with mixedae export") from None
+    path = next((folder / n for n in EXPORT_FILES if (folder / n).is_file()), None)
+    if path is None:
+        raise UserError(f"export folder {folder} has no {' or '.join(EXPORT_FILES)}; re-create it with mixedae export")
+    size = args.get("img_size")
+    kwargs = {k: args[k] for k in ENCODER_ARGS if k in args}
+    if isinstance(size, (list, tuple)):
+        kwargs["img_size"] = int(size[0])
+    encoder = VisionTransformer(**kwargs)
+    load_strict(encoder, _read_state(path), path)
+    return encoder, {"kind": "export", "name": config.get("architecture")}, path
+
+
+def _read_state(path: Path) -> dict[str, Tensor]:
+    """A bare state dict from ``.safetensors`` or a torch file (UserError when unreadable)."""
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as e:  # truncated / foreign file
+            raise UserError(f"cannot read {path} ({str(e)[:160]}); it is truncated or not a safetensors file") from None
+    return load_checkpoint(path)
+
+
+def _run_dir(path: Path) -> Optional[Path]:
+    """The pre-training run folder holding checkpoint ``path`` (has ``config.yaml``), else None."""
+    return path.parent if (path.parent / "config.yaml").is_file() else None
+
+
+def load_encoder(weights: str | Path) -> tuple[VisionTransformer, dict[str, Any]]:
+    """The ViT encoder of ``weights`` (eval mode, CPU) and a description of where it came from.
+
+    Returns ``(encoder, info)`` with info keys ``kind`` (``checkpoint`` | ``export`` | ``state_dict``),
+    ``path`` (the file read), ``name`` (preset / timm architecture / None), ``run_dir`` (the run folder
+    or None), ``model_args`` (timm constructor arguments), ``fingerprint`` (cache identity), and for
+    checkpoints ``epoch``/``step``. Anything unusable is a one-line UserError.
+    """
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        if (path / RUN_CHECKPOINT).is_file():
+            path = path / RUN_CHECKPOINT
+        elif (path / EXPORT_CONFIG).is_file():
+            encoder, info, file = _from_export(path)
+            return _finish(encoder, info, file, None)
+        else:
+            raise UserError(f"{path} is a folder but neither a run folder (no {RUN_CHECKPOINT}) nor an export folder "
+                            f"(no {EXPORT_CONFIG}); pass a run folder, a checkpoint file or an export folder")
+    elif not path.is_file():
+        raise UserError(f"weights {weights} do not exist; pass a run folder, a .pt/.pth/.safetensors file or an export folder")
+    if path.suffix == ".safetensors":
+        return _finish(_encoder_from_state(_read_state(path), path), {"kind": "state_dict", "name": None}, path, None)
+    ckpt = load_checkpoint(path)
+    if isinstance(ckpt.get("model"), dict) and "arch" in ckpt:
+        encoder, info = _from_pretraining(ckpt, path)
+    elif isinstance(ckpt.get("model"), dict):
+        encoder, info = _encoder_from_state(ckpt["model"], path), {"kind": "state_dict", "name": None}
+    elif all(isinstance(v, Tensor) for v in ckpt.values()) and ckpt:
+        encoder, info = _encoder_from_state(ckpt, path), {"kind": "state_dict", "name": None}
+    else:
+        raise UserError(f"{path} is neither a mixedae checkpoint nor an MAE-style {{'model': state_dict}} "
+                        f"(top-level keys: {_short(sorted(map(str, ckpt)))}); pass another file")
+    return _finish(encoder, info, path, _run_dir(path))
+
+
+def _finish(encoder: VisionTransformer, info: dict, path: Path, run_dir: Optional[Path]):
+    info.update(path=str(path), run_dir=str(run_dir) if run_dir else None, model_args=encoder.timm_kwargs(),
+                fingerprint=_fingerprint(path))
+    return encoder.eval(), info
+
+
+# ------------------------------------------------------------------------------------------------
+# timm
+# ------------------------------------------------------------------------------------------------
+def timm_architecture(encoder: VisionTransformer) -> str:
+    """A registered timm ViT name for the encoder's width (its ``model_args`` set the rest).
+
+    ``vit_<size>_patch<p>_<img>`` if timm has it, else ``vit_<size>_patch16_224`` (``base`` for
+    non-standard widths); the architecture arguments always come from ``timm_kwargs()``.
+    """
+    size = TIMM_SIZES.get(encoder.embed_dim, "base")
+    exact = f"vit_{size}_patch{encoder.patch_size}_{encoder.img_size}"
+    return exact if timm.is_model(exact) else f"vit_{size}_patch16_224"
+
+
+def to_timm(encoder: VisionTransformer) -> nn.Module:
+    """timm's VisionTransformer (``num_classes=0``, cls-token pooling) holding the encoder's weights.
+
+    Loaded strictly: the two models have the same keys and give the same ``forward_features``.
+    """
+    model = timm.create_model(timm_architecture(encoder), pretrained=False, num_classes=0, global_pool="token",
+                              **encoder.timm_kwargs())
+    model.load_state_dict(encoder.state_dict(), strict=True)
+    return model.eval()
+
+
+def export_config(encoder: VisionTransformer, info: dict[str, Any]) -> dict[str, Any]:
+    """timm / Hugging Face style ``config.json`` for an exported encoder."""
+    size = encoder.img_size
+    return {
+        "architecture": timm_architecture(encoder),
+        "num_classes": 0,
+        "num_features": encoder.embed_dim,
+        "global_pool": "token",
+        "model_args": encoder.timm_kwargs(),
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "pretrained_cfg": {
+            "input_size": [encoder.in_chans, size, size],
+            "fixed_input_size": True,
+            "interpolation": "bicubic",
+            "crop_pct": CROP_RATIO if size > SMALL_IMAGE else 1.0,  # as mixedae.data.transforms.eval_transform
+            "crop_mode": "center",
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "num_classes": 0,
+            "first_conv": "patch_embed.proj",
+            "classifier": "head",
+            "custom_load": False,
+        },
+        "mixedae": {k: info.get(k) for k in ("kind", "name", "path", "epoch", "step")},
+    }
+
+
+def export_encoder(weights: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Write the encoder of ``weights`` to ``out_dir`` as a timm checkpoint (every file atomically).
+
+    Files: ``model.safetensors`` and ``pytorch_model.pth`` (same tensors, timm keys, encoder only)
+    and ``config.json`` (written last). Returns ``{"out_dir", "files", "config"}``.
+    """
+    encoder, info = load_encoder(weights)
+    out = Path(out_dir)
+    state = {k: v.detach().clone().contiguous() for k, v in encoder.state_dict().items()}
+    _atomic(out / EXPORT_FILES[0], lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    atomic_torch_save(state, out / EXPORT_FILES[1])
+    config = export_config(encoder, info)
+    atomic_write_json(config, out / EXPORT_CONFIG)
+    return {"out_dir": str(out), "files": [str(out / n) for n in (*EXPORT_FILES, EXPORT_CONFIG)], "config": config}
+
+
+def export_summary(result: dict[str, Any]) -> str:
+    """One line naming the exported architecture and files."""
+    args = result["config"]["model_args"]
+    return (f"exported {result['config']['architecture']} encoder (img {args['img_size']}, patch {args['patch_size']}, "
+            f"dim {args['embed_dim']}, depth {args['depth']}, heads {args['num_heads']}) to {result['out_dir']}: "
+            + ", ".join(Path(f).name for f in result["files"]))
