@@ -13,6 +13,9 @@ import torch
 
 from .errors import UserError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Write through ``write(tmp)`` into a temp file beside ``path``, fsync, then rename over it."""
@@ -21,6 +24,7 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give results the usual permissions
         write(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
