@@ -10,6 +10,8 @@ Recipe (METHOD.md §5): AdamW (wd 0.05, no decay on norms/biases/tokens) with la
 warm-up + cosine; RandAugment ``rand-m9-mstd0.5-inc1`` and random erasing 0.25 (timm
 ``create_transform``), mixup 0.8 / cutmix 1.0 / label smoothing 0.1 (timm ``Mixup`` +
 ``SoftTargetCrossEntropy``), drop-path 0.1. Epochs, batch and warm-up default to a small dataset.
+timm's ``PosterizeIncreasing`` asks for 0 bits at magnitude 10 (reached with ``mstd0.5``), which
+Pillow >= 12 rejects; our transform gives the black image older Pillow returned (see ``train_transform``).
 
 Runs in one process or under ``torchrun`` (DDP, gloo on CPU): a ``DistributedSampler`` shards the
 training set, every rank evaluates a disjoint slice of the val split and the counts are summed;
@@ -26,7 +28,8 @@ from typing import Any, Optional, Sequence
 
 import timm
 import torch
-from timm.data import Mixup, create_transform
+from PIL import Image
+from timm.data import Mixup, auto_augment, create_transform
 from timm.layers import trunc_normal_
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -73,6 +76,28 @@ class FinetuneConfig(EvalConfig):
             raise UserError(f"mixup/cutmix pair images within a batch: batch_size must be even, got {self.batch_size}")
 
 
+def _posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """timm's posterize with the meaning Pillow < 12 gave to 0 bits: a black image."""
+    if bits_to_keep < 1:
+        return Image.new(img.mode, img.size)
+    return auto_augment.posterize(img, bits_to_keep, **kwargs)
+
+
+def train_transform(image_size: int, cfg: FinetuneConfig):
+    """timm's training transform (RandomResizedCrop, flip, RandAugment, normalise, random erasing).
+
+    PIL image → ``[3, S, S]``. Its posterize ops are routed through :func:`_posterize`, so magnitude 10
+    does not crash with Pillow >= 12.
+    """
+    transform = create_transform(image_size, is_training=True, auto_augment=cfg.auto_augment or None,
+                                 re_prob=cfg.reprob, re_mode="pixel", re_count=1, interpolation="bicubic",
+                                 mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    for op in (op for t in transform.transforms for op in getattr(t, "ops", ())):
+        if op.aug_fn is auto_augment.posterize:
+            op.aug_fn = _posterize
+    return transform
+
+
 def load_into_timm(model: nn.Module, encoder: VisionTransformer) -> None:
     """Copy the encoder into a global-average-pooling timm ViT (``norm.*`` → ``fc_norm.*``).
 
@@ -96,7 +121,7 @@ def finetune_model(encoder: VisionTransformer, num_classes: int, drop_path: floa
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, dist_info: DistInfo) -> dict[str, float]:
-    """Top-1/top-5 (%) and loss over the val split, summed over every rank's slice."""
+    """Top-1/top-5 (%), mean loss and image count over the val split, summed over every rank's slice."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, loss sum, count
     for imgs, targets in loader:
@@ -108,7 +133,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, dist_in
                              dtype=torch.float64)
     sums = all_reduce_mean(sums.to(device)).cpu() * dist_info.world_size
     count = max(sums[3].item(), 1.0)
-    return {"top1": 100 * sums[0].item() / count, "top5": 100 * sums[1].item() / count, "val_loss": sums[2].item() / count}
+    return {"top1": 100 * sums[0].item() / count, "top5": 100 * sums[1].item() / count,
+            "val_loss": sums[2].item() / count, "val_images": int(sums[3].item())}
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, criterion: nn.Module,
@@ -151,9 +177,7 @@ def _finetune(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str
     encoder, info = load_encoder(weights)
     out, _ = output_dirs(info, "finetune", output_dir, cfg.cache_dir)
     size = image_size_for(cfg, encoder)
-    train_tf = create_transform(size, is_training=True, auto_augment=cfg.auto_augment or None, re_prob=cfg.reprob,
-                                re_mode="pixel", re_count=1, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    train, val = labelled_splits(cfg, size, train_tf, eval_transform(size))
+    train, val = labelled_splits(cfg, size, train_transform(size, cfg), eval_transform(size))
     num_classes, world, device = len(train.classes), dist_info.world_size, dist_info.device
     sampler = DistributedSampler(train, num_replicas=world, rank=dist_info.rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import math
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from mixedae.cli import main
 from mixedae.data import SyntheticScenes, eval_transform
 from mixedae.errors import UserError
 from mixedae.eval import features
-from mixedae.eval.finetune import finetune_model, load_into_timm
+from mixedae.eval.finetune import FinetuneConfig, finetune_model, load_into_timm, train_transform
 from mixedae.models import VisionTransformer
 
 from .conftest import DATA, write_run
@@ -194,3 +197,28 @@ def test_transfer_table(run_dir, tmp_path, capsys):
     assert knn["temperature"] == 0.1 and knn["data"]["num_classes"] == 3
     assert results_of(out / "tiny" / "synthetic" / "linprobe")["config"]["epochs"] == 2
     assert (out / "transfer.md").read_text().startswith("| weights |")
+
+
+def test_finetune_randaugment_survives_magnitude_10():
+    """timm's PosterizeIncreasing asks for 0 bits at magnitude 10; Pillow >= 12 would raise."""
+    transform = train_transform(16, FinetuneConfig())
+    (posterize,) = [op for t in transform.transforms for op in getattr(t, "ops", ()) if op.name == "PosterizeIncreasing"]
+    posterize.prob, posterize.magnitude, posterize.magnitude_std = 1.0, 10, 0
+    image = Image.fromarray(np.full((16, 16, 3), 200, dtype=np.uint8))
+    assert np.asarray(posterize(image)).max() == 0  # black, as older Pillow returned for 0 bits
+    assert np.asarray(posterize.aug_fn(image, 2)).max() == 192  # other bit counts: timm's posterize
+
+
+@pytest.mark.slow
+def test_finetune_under_torchrun_two_ranks(run_dir, tmp_path):
+    out = tmp_path / "ft2"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mixedae",
+           "finetune", "--weights", str(run_dir), "--data", "synthetic", *DATA, "epochs=1", "batch_size=8",
+           "--output-dir", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("fine-tuning on synthetic") == 1  # rank 0 alone prints (and writes)
+    res = results_of(out)
+    assert res["processes"] == 2 and res["lr"] == pytest.approx(1e-3 * 8 * 2 / 256)
+    assert res["history"][0]["val_images"] == 8  # the two ranks' val slices add up to the whole split
