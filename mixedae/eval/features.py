@@ -3,13 +3,15 @@
 The cache key hashes the weights file's identity, the data spec and its options, the split, the
 item list of folder datasets, the transform (its ``repr``) and the kind of features. Features live
 in memory for the process (transfer runs k-NN and the linear probe on the same tensors) and, unless
-switched off, in ``<cache_dir>/<key>.pt`` (written atomically; an unreadable file is recomputed).
+switched off, in ``<cache_dir>/<kind>-<split>-<hash>.pt`` (written atomically; an unreadable file
+is recomputed).
 
 Kinds:
     ``global``: ``cls [N, D]`` (cls token after the final norm) and ``patch_mean [N, D]`` (mean of
         the normalised patch tokens).
-    ``patches-<k>``: ``patches [N, k·D, h, w]``, the last ``k`` blocks' patch tokens, each through
-        the final norm (timm ``forward_intermediates(norm=True)``), concatenated on channels.
+    ``patches-<k>-mask<M>``: ``patches [N, k·D, h, w]``, the last ``k`` blocks' patch tokens, each
+        through the final norm (timm ``forward_intermediates(norm=True)``), concatenated on channels;
+        targets are ``M × M`` masks.
 Every kind also holds ``targets``: the datasets' second item, stacked (labels ``[N]``, masks ``[N, H, W]``).
 """
 
