@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from ..data.transforms import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, SMALL_IMAGE
 from ..errors import UserError
-from ..io import _atomic, atomic_torch_save, atomic_write_json, load_checkpoint
+from ..io import atomic_torch_save, atomic_write, atomic_write_json, load_checkpoint
 from ..models import VisionTransformer, create_model
 
 RUN_CHECKPOINT = "last.pt"
@@ -259,7 +259,7 @@ def export_encoder(weights: str | Path, out_dir: str | Path) -> dict[str, Any]:
     encoder, info = load_encoder(weights)
     out = Path(out_dir)
     state = {k: v.detach().clone().contiguous() for k, v in encoder.state_dict().items()}
-    _atomic(out / EXPORT_FILES[0], lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    atomic_write(out / EXPORT_FILES[0], lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     atomic_torch_save(state, out / EXPORT_FILES[1])
     config = export_config(encoder, info)
     atomic_write_json(config, out / EXPORT_CONFIG)

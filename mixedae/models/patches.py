@@ -22,11 +22,22 @@ def unpatchify(patches: Tensor, patch_size: int, channels: int = 3) -> Tensor:
     return torch.einsum("nhwpqc->nchpwq", x).reshape(n, channels, g * p, g * p)
 
 
-def normalized_pixels(target: Tensor, eps: float = 1e-6) -> Tensor:
+NORM_PIX_EPS = 1e-6
+
+
+def normalized_pixels(target: Tensor, eps: float = NORM_PIX_EPS) -> Tensor:
     """Per-patch normalisation of ``[..., P]`` pixel targets (MAE's ``norm_pix_loss``)."""
     mean = target.mean(dim=-1, keepdim=True)
     var = target.var(dim=-1, keepdim=True)
     return (target - mean) / (var + eps) ** 0.5
+
+
+def denormalized_pixels(pred: Tensor, target: Tensor, eps: float = NORM_PIX_EPS) -> Tensor:
+    """Inverse of :func:`normalized_pixels` for a prediction ``[..., P]``, using the statistics of the
+    true patch ``target [..., P]`` (how MAE shows reconstructions made with ``norm_pix_loss``)."""
+    mean = target.mean(dim=-1, keepdim=True)
+    var = target.var(dim=-1, keepdim=True)
+    return pred * (var + eps) ** 0.5 + mean
 
 
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ..io import _atomic
+from ..io import atomic_write
 
 PANEL_INCHES = 1.6
 DPI = 100
@@ -59,5 +59,5 @@ def save_png(fig: Figure, path: str | Path) -> Path:
     """Write the figure as a PNG atomically (a reader never sees a half-written file); returns the path."""
     path = Path(path)
     data = png_bytes(fig)
-    _atomic(path, lambda tmp: tmp.write_bytes(data))
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
     return path

@@ -23,11 +23,8 @@ from torch import Tensor, nn
 from ..errors import UserError
 from ..io import load_checkpoint
 from ..models import create_model
-from ..models.patches import patchify, unpatchify
+from ..models.patches import denormalized_pixels, patchify, unpatchify
 from .figures import panel_grid, save_png, show, to_display
-
-NORM_PIX_EPS = 1e-6  # the eps of mixedae.models.patches.normalized_pixels
-
 
 def pixel_prediction(pred: Tensor, target: Tensor, norm_pix: bool) -> Tensor:
     """Predictions in input pixel space: ``pred, target: [..., L, P]`` → ``[..., L, P]``.
@@ -35,11 +32,7 @@ def pixel_prediction(pred: Tensor, target: Tensor, norm_pix: bool) -> Tensor:
     With ``norm_pix`` the prediction is de-normalised with the target patch's mean and (unbiased)
     variance, inverting :func:`~mixedae.models.patches.normalized_pixels`.
     """
-    if not norm_pix:
-        return pred
-    mean = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True)
-    return pred * (var + NORM_PIX_EPS) ** 0.5 + mean
+    return denormalized_pixels(pred, target) if norm_pix else pred
 
 
 @torch.no_grad()
