@@ -4,6 +4,7 @@ gradient accumulation equal the plain run, bad checkpoints, divergence."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -195,3 +196,13 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path):
     assert results["skipped_files"] >= 1
     last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-2]
     assert "skipped_files" in last
+
+
+def test_bf16_autocast_runs_on_cpu_and_fp16_needs_cuda(tmp_path, capsys):
+    results = pretrain(config(tmp_path / "bf16", "data.num_samples=16", "train.batch_size=8", "train.epochs=1",
+                              "train.precision=bf16", "train.device=cpu"))
+    assert results["steps"] == 2 and math.isfinite(results["final"]["loss"])
+    if not torch.cuda.is_available():
+        assert main(["pretrain", "--data", "synthetic", "--output-dir", str(tmp_path / "fp16"), *TINY,
+                     "train.precision=fp16", "train.device=cpu"]) == 2
+        assert "fp16 needs a CUDA device" in capsys.readouterr().err
