@@ -30,9 +30,10 @@ from ..distributed import DistInfo, all_reduce_mean, barrier, cleanup_distribute
 from ..errors import UserError
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
 from ..models import create_model
+from ..schedule import cosine_lr, set_lr
 from .checkpoint import FORMAT_VERSION, gather_rng_states, load_training_checkpoint, set_rng_state
 from .logger import MetricsLogger
-from .optim import build_optimizer, cosine_lr, set_lr
+from .optim import build_optimizer
 from .sampling import GlobalBatchSampler, SeededAugmentation, step_noise
 
 EpochHook = Callable[[nn.Module, int, Path], None]

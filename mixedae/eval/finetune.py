@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from ..distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
-from ..engine.optim import cosine_lr, set_lr
+from ..schedule import cosine_lr, set_lr
 from ..errors import UserError
 from ..models import VisionTransformer
 from .common import (EvalConfig, data_summary, image_size_for, labelled_splits, load_eval_config, output_dirs,

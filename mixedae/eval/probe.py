@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..engine.optim import cosine_lr, set_lr
+from ..schedule import cosine_lr, set_lr
 
 
 def train_head(head: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor],

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from mixedae.engine.optim import build_optimizer, cosine_lr
+from mixedae.engine.optim import build_optimizer
+from mixedae.schedule import cosine_lr
 from mixedae.models import create_model
 
 
