@@ -116,7 +116,10 @@ def cached(key: dict[str, Any], compute: Callable[[], dict[str, Tensor]], cache_
 
 def data_options(cfg: EvalConfig, image_size: int) -> dict[str, Any]:
     """The data part of a cache key."""
-    return {"spec": cfg.data.spec, "image_size": image_size, "num_samples": cfg.data.num_samples, "seed": cfg.data.seed}
+    options = {"spec": cfg.data.spec, "image_size": image_size}
+    if cfg.data.spec == "synthetic":  # for folders the file list (the key's "items") already says it all
+        options.update(num_samples=cfg.data.num_samples, seed=cfg.data.seed)
+    return options
 
 
 def split_features(fn: FeatureFn, datasets: dict[str, Dataset], info: dict[str, Any], cfg: EvalConfig,
