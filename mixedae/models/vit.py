@@ -71,19 +71,18 @@ class Attention(nn.Module):
         """
         n, t, d = x.shape
         q, k, v = self.qkv(x).reshape(n, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        accuracy = None
-        if topk is None:
-            out = F.scaled_dot_product_attention(q, k, v)  # [N, h, T, D_h]
-        else:
-            logits = (q * self.scale) @ k.transpose(-2, -1)  # [N, h, T, T]
-            patch_logits = logits[:, :, num_prefix:, num_prefix:]  # patch queries x patch keys
-            kept = patch_logits.topk(min(topk, t - num_prefix), dim=-1).indices  # [N, h, L, K]
-            keep = torch.zeros_like(patch_logits, dtype=torch.bool).scatter_(-1, kept, True)
-            keep = F.pad(keep, (num_prefix, 0, num_prefix, 0), value=True)  # cls row/column kept
-            attn = logits.masked_fill(~keep, float("-inf")).softmax(dim=-1)
-            out = attn @ v
-            if token_src is not None:
-                accuracy = homologous_fraction(kept, token_src)
+        accuracy, keep = None, None
+        if topk is not None:
+            # The selection itself carries no gradient, so find the kept keys without autograd and
+            # let the fused kernel run the masked softmax(q kᵀ/√D_h) V with its fused backward.
+            with torch.no_grad():
+                patch_logits = q[:, :, num_prefix:] @ k[:, :, num_prefix:].transpose(-2, -1)  # [N, h, L, L]
+                kept = patch_logits.topk(min(topk, t - num_prefix), dim=-1).indices  # [N, h, L, K]
+                keep = torch.zeros_like(patch_logits, dtype=torch.bool).scatter_(-1, kept, True)
+                keep = F.pad(keep, (num_prefix, 0, num_prefix, 0), value=True)  # cls row/column kept
+                if token_src is not None:
+                    accuracy = homologous_fraction(kept, token_src)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # [N, h, T, D_h]
         return self.proj(out.transpose(1, 2).reshape(n, t, d)), accuracy
 
 
