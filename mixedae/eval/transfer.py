@@ -3,8 +3,9 @@
 Shaped like the seeds' transfer table: one row per (weights, protocol), one column per dataset
 (top-1 %: the k-NN headline, cls token at k = 20, and the linear probe's last-epoch top-1) plus
 their average. Each cell is an ordinary protocol run written to
-``<output_dir>/<weights>/<dataset>/<protocol>/results.json``; frozen features are shared through
-``<output_dir>/features`` (and in memory, so k-NN and the probe encode each dataset once).
+``<output_dir>/<weights>/<dataset>/<protocol>/results.json``; frozen features come from each weights'
+own cache (``<run>/eval/features``, the one ``mixedae knn`` and ``linprobe`` use) and from memory, so
+every dataset is encoded once per weights.
 
 Overrides: ``knn.<key>=...`` / ``linprobe.<key>=...`` go to that protocol only (e.g.
 ``linprobe.epochs=30``); every other ``key=value`` (``data.*``, ``seed``, ...) goes to all runs.
@@ -17,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..errors import UserError
 from ..io import atomic_write_json, atomic_write_text
-from .common import RESULTS_FILE, dataset_name, eval_root, weights_name
+from .common import FEATURES_DIR, RESULTS_FILE, dataset_name, eval_root, weights_name
 from .knn import run_knn
 from .linprobe import run_linprobe
 from .weights import load_encoder
@@ -76,7 +77,8 @@ def run_transfer(weights: str | Sequence[str], data: str | Sequence[str], *,
             scores = {}
             for spec, column in zip(specs, columns):
                 run_out = out / name / column / protocol
-                extra = [f"cache_dir={out / 'features'}", *protocol_overrides(overrides, protocol)]
+                # the weights' own feature cache, shared with `mixedae knn` / `linprobe` runs on them
+                extra = [f"cache_dir={eval_root(info) / FEATURES_DIR}", *protocol_overrides(overrides, protocol)]
                 result = PROTOCOLS[protocol](w, spec, overrides=extra, output_dir=run_out)
                 scores[column] = result["top1"]
                 runs.append({"weights": name, "protocol": protocol, "dataset": column,

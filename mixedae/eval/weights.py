@@ -103,6 +103,9 @@ def _encoder_from_state(state: dict[str, Tensor], source: Path) -> VisionTransfo
     """Build and strictly load an encoder from a timm-keyed state dict (MAE extras dropped)."""
     if "pos_embed" not in state and "encoder.pos_embed" in state:  # our whole-model state dict without arch
         state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    if "fc_norm.weight" in state and "norm.weight" not in state:
+        raise UserError(f"{source} is a fine-tuned (global-pool) checkpoint: it has fc_norm.* but no final norm.*; "
+                        "pass the pre-trained encoder (e.g. MAE's pre-training release) instead")
     state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
     encoder = VisionTransformer(**infer_encoder_args(state, source))
     load_strict(encoder, state, source)
