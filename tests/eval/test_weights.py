@@ -145,13 +145,6 @@ def test_damaged_run_checkpoint_names_the_mismatch(tmp_path):
 
 
 def test_fine_tuned_checkpoint_is_explained(tmp_path):
-    import pytest
-    import torch
-
-    from mixedae.errors import UserError
-    from mixedae.eval.weights import load_encoder
-    from mixedae.models import VisionTransformer
-
     state = VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2).state_dict()
     state["fc_norm.weight"], state["fc_norm.bias"] = state.pop("norm.weight"), state.pop("norm.bias")
     state["head.weight"], state["head.bias"] = torch.zeros(10, 32), torch.zeros(10)
