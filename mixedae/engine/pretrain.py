@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..amp import autocast, check_precision, grad_scaler
 from ..config import PretrainConfig, to_dict
 from ..data import build_dataset, describe_dataset
 from ..data.transforms import pretrain_transform
@@ -37,7 +38,6 @@ from .optim import build_optimizer
 from .sampling import GlobalBatchSampler, SeededAugmentation, step_noise
 
 EpochHook = Callable[[nn.Module, int, Path], None]
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingDiverged(UserError):
@@ -106,10 +106,8 @@ class Pretrainer:
         self.base_lr = oc.lr if oc.lr is not None else oc.blr * self.eff_batch / 256
         self.optimizer = build_optimizer(self.model, self.base_lr, oc.weight_decay, tuple(oc.betas))
         use_cuda = self.device.type == "cuda"
-        self.amp_dtype = AMP_DTYPES.get(tc.precision)
-        if self.amp_dtype is not None and not use_cuda and tc.precision == "fp16":
-            raise UserError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-        self.scaler = torch.amp.GradScaler("cuda", enabled=tc.precision == "fp16")
+        check_precision(tc.precision, self.device)
+        self.scaler = grad_scaler(tc.precision)
         self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if use_cuda else None) \
             if dist_info.enabled else None
 
@@ -172,11 +170,6 @@ class Pretrainer:
             prefetch_factor=4 if workers else None,
         )
 
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
     def train_step(self, batches: list[torch.Tensor]) -> dict[str, float]:
         """One optimiser step over ``accum_steps`` micro-batches ``[b, C, H, W]`` each."""
         tc = self.cfg.train
@@ -189,7 +182,7 @@ class Pretrainer:
         for m, imgs in enumerate(batches):
             imgs = imgs.to(self.device, non_blocking=True)
             sync = m == len(batches) - 1 or self.ddp is None
-            with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self._autocast():
+            with (contextlib.nullcontext() if sync else self.ddp.no_sync()), autocast(tc.precision, self.device):
                 loss, out = module(imgs, noise=noise[m, self.dist.rank].to(self.device))
             self.scaler.scale(loss / tc.accum_steps).backward()
             for key, value in {"loss": loss.detach(), **out["metrics"]}.items():

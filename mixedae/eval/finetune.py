@@ -15,7 +15,9 @@ Pillow >= 12 rejects; our transform gives the black image older Pillow returned 
 
 Runs in one process or under ``torchrun`` (DDP, gloo on CPU): a ``DistributedSampler`` shards the
 training set, every rank evaluates a disjoint slice of the val split and the counts are summed;
-only rank 0 prints progress and writes ``results.json``.
+only rank 0 prints progress and writes ``results.json`` and ``finetuned.pth`` (the last epoch's
+timm model with its architecture and arguments). ``precision=bf16|fp16`` runs the forward pass under
+autocast (fp16 with a GradScaler, CUDA only).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import timm
 import torch
@@ -38,16 +40,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
+from ..amp import autocast, check_precision, grad_scaler
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from ..distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
-from ..schedule import cosine_lr, set_lr
 from ..errors import UserError
+from ..io import atomic_torch_save
 from ..models import VisionTransformer
+from ..schedule import cosine_lr, set_lr
 from .common import (EvalConfig, data_summary, image_size_for, labelled_splits, load_eval_config, output_dirs,
                      seed_everything, write_results)
 from .weights import load_encoder, timm_architecture
 
 HEAD_KEYS = ["head.bias", "head.weight"]
+FINETUNED_FILE = "finetuned.pth"  # the last epoch's timm model: {"model": state dict, "architecture", ...}
 
 
 @dataclass
@@ -67,6 +72,7 @@ class FinetuneConfig(EvalConfig):
     auto_augment: str = "rand-m9-mstd0.5-inc1"  # "" switches RandAugment off
     reprob: float = 0.25
     clip_grad: Optional[float] = None
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype (fp16 needs CUDA)
 
     def validate(self) -> None:
         super().validate()
@@ -139,7 +145,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, dist_in
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                     mixup: Optional[Mixup], cfg: FinetuneConfig, epoch: int, base_lr: float, device: torch.device,
-                    show: bool) -> float:
+                    show: bool, scaler: torch.amp.GradScaler) -> float:
     """One pass over this rank's shard; returns the mean training loss (this rank)."""
     model.train()
     steps, total = len(loader), 0.0
@@ -150,14 +156,17 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         imgs, targets = imgs.to(device), targets.to(device)
         if mixup is not None:
             imgs, targets = mixup(imgs, targets)
-        loss = criterion(model(imgs), targets)
+        with autocast(cfg.precision, device):
+            loss = criterion(model(imgs), targets)
         if not torch.isfinite(loss):
             raise UserError(f"fine-tuning loss became {loss.item()} at epoch {epoch + 1}; lower blr or set clip_grad=1.0")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if cfg.clip_grad is not None:
+            scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         total += loss.item()
         bar.set_postfix(loss=f"{loss.item():.4f}")
     return total / max(steps, 1)
@@ -198,11 +207,14 @@ def _finetune(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str
     mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
                   num_classes=num_classes) if cfg.mixup > 0 or cfg.cutmix > 0 else None
     criterion, show = _criterion(cfg, mixup), cfg.progress and dist_info.is_main
+    check_precision(cfg.precision, device, key="precision")
+    scaler = grad_scaler(cfg.precision)
 
     start, history = time.time(), []
     for epoch in range(cfg.epochs):
         sampler.set_epoch(epoch)
-        loss = train_one_epoch(module, train_loader, optimizer, criterion, mixup, cfg, epoch, base_lr, device, show)
+        loss = train_one_epoch(module, train_loader, optimizer, criterion, mixup, cfg, epoch, base_lr, device, show,
+                               scaler)
         record = {"epoch": epoch + 1, "train_loss": loss, **evaluate(model, val_loader, device, dist_info)}
         history.append(record)
         if show:
@@ -221,7 +233,14 @@ def _finetune(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str
         "data": data_summary(cfg, train, val),
         "time_s": time.time() - start,
     }
-    return write_results(results, out, cfg, info) if dist_info.is_main else results
+    if not dist_info.is_main:
+        return results
+    results["checkpoint"] = str(out / FINETUNED_FILE)
+    atomic_torch_save({"model": model.state_dict(), "architecture": timm_architecture(encoder),
+                       "model_args": encoder.timm_kwargs(),
+                       "num_classes": num_classes, "global_pool": "avg", "classes": list(train.classes)},
+                      out / FINETUNED_FILE)
+    return write_results(results, out, cfg, info)
 
 
 def run_finetune(weights: str | Path, data: str, *, overrides: Sequence[str] = (),

@@ -123,6 +123,17 @@ def test_finetune_cli(run_dir, tmp_path, capsys):
     res = results_of(out)
     assert len(res["history"]) == 1 and res["processes"] == 1
     assert 0 <= res["top1"] <= 100 and res["best_top1"] == res["top1"] and math.isfinite(res["history"][0]["train_loss"])
+    saved = torch.load(out / "finetuned.pth", map_location="cpu", weights_only=True)
+    model = timm.create_model(saved["architecture"], num_classes=saved["num_classes"], global_pool="avg",
+                              **saved["model_args"])
+    model.load_state_dict(saved["model"], strict=True)  # the fine-tuned model is a plain timm ViT
+
+
+def test_finetune_bf16_autocast_on_cpu(run_dir, tmp_path):
+    out = tmp_path / "ft16"
+    assert main(["finetune", "--weights", str(run_dir), "--data", "synthetic", *DATA, "epochs=1", "batch_size=8",
+                 "precision=bf16", "--output-dir", str(out)]) == 0
+    assert math.isfinite(results_of(out)["history"][0]["train_loss"])
 
 
 def test_finetune_model_takes_every_encoder_weight(run_dir):
