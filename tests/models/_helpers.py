@@ -197,3 +197,16 @@ def ref_mixing_recon(pred: np.ndarray, target: np.ndarray, assign: np.ndarray) -
                 ]
                 per_source.append(sum(errs) / len(errs))
     return sum(per_source) / len(per_source)
+
+
+def spy_encoder_inputs(monkeypatch, model) -> list:
+    """Record every token tensor ``x`` that ``model.encoder.forward_tokens`` receives, in call order."""
+    calls = []
+    original = model.encoder.forward_tokens
+
+    def spy(x, *args, **kwargs):
+        calls.append(x)
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(model.encoder, "forward_tokens", spy)
+    return calls

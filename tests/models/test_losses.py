@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ._helpers import n64, ref_homocon, ref_mixing_recon, ref_norm_pix, ref_patchify, small_model
+from ._helpers import n64, ref_homocon, ref_mixing_recon, ref_norm_pix, ref_patchify, small_model, spy_encoder_inputs
 
 
 def balanced(n, length, g, seed):
@@ -197,13 +197,7 @@ def test_mae_encoder_sees_only_visible_patches(monkeypatch):
     model = small_model("mae")
     fixed_mask(monkeypatch, model)
     seen = {}
-    original = model.encoder.forward_tokens
-
-    def spy(x, *args, **kwargs):
-        seen["x"] = x
-        return original(x, *args, **kwargs)
-
-    monkeypatch.setattr(model.encoder, "forward_tokens", spy)
+    calls = spy_encoder_inputs(monkeypatch, model)
     model.encoder.norm.register_forward_hook(lambda m, a, o: seen.__setitem__("latent", o))
     model.decoder.register_forward_pre_hook(lambda m, a: seen.__setitem__("seq", a[0]))
     imgs = torch.randn(3, 3, 16, 16)
@@ -211,10 +205,10 @@ def test_mae_encoder_sees_only_visible_patches(monkeypatch):
         model(imgs)
         all_tokens = model.encoder.embed_patches(imgs)
         emb = model.decoder.embed(seen["latent"])
-    assert seen["x"].shape == (3, 4, 32)
+    assert calls[0].shape == (3, 4, 32)
     for b, keep in enumerate(KEEP):
         for j, l in enumerate(keep):
-            torch.testing.assert_close(seen["x"][b, j], all_tokens[b, l])
+            torch.testing.assert_close(calls[0][b, j], all_tokens[b, l])
         # decoder input: cls, then encoder output at visible positions, mask token elsewhere
         torch.testing.assert_close(seen["seq"][b, 0], emb[b, 0])
         for l in range(16):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ._helpers import ref_attention, small_model
+from ._helpers import ref_attention, small_model, spy_encoder_inputs
 
 CONFIGS = {
     "mae": ("mae", {}),
@@ -143,14 +143,7 @@ def test_encoder_segment_embed_changes_latent():
 
 def test_encoder_segment_embed_added_by_source(monkeypatch):
     model = small_model("mixedae", segment_embed="encoder", depth=1)
-    seen = {}
-    original = model.encoder.forward_tokens
-
-    def spy(x, *args, **kwargs):
-        seen["x"] = x
-        return original(x, *args, **kwargs)
-
-    monkeypatch.setattr(model.encoder, "forward_tokens", spy)
+    calls = spy_encoder_inputs(monkeypatch, model)
     torch.manual_seed(0)
     with torch.no_grad():
         _, out = model(images())
@@ -159,7 +152,7 @@ def test_encoder_segment_embed_added_by_source(monkeypatch):
     for k in range(assign.shape[0]):
         for l in range(16):
             expect = plain[k, l] + model.segment_embed[assign[k, l]]
-            torch.testing.assert_close(seen["x"][k, l], expect)
+            torch.testing.assert_close(calls[0][k, l], expect)
 
 
 def test_no_segment_embed():

@@ -7,7 +7,7 @@ import torch
 from mixedae.models.patches import patchify
 from mixedae.models.mixedae import MixedAutoencoder
 
-from ._helpers import n64, patch_of_pixel, ref_patchify, small_model
+from ._helpers import n64, patch_of_pixel, ref_patchify, small_model, spy_encoder_inputs
 
 RATIOS = [(0.5, 2), (0.25, 4), (0.125, 8)]
 
@@ -156,19 +156,12 @@ def test_full_mode_shows_every_patch_once(ratio, g):
 def test_encoder_batch_size(mode, method, monkeypatch):
     g = 4
     model = small_model(method, mode=mode, depth=1)
-    seen = []
-    original = model.encoder.forward_tokens
-
-    def spy(x, *args, **kwargs):
-        seen.append(tuple(x.shape))
-        return original(x, *args, **kwargs)
-
-    monkeypatch.setattr(model.encoder, "forward_tokens", spy)
+    calls = spy_encoder_inputs(monkeypatch, model)
     b = 8
     with torch.no_grad():
         _, out = run(model, torch.randn(b, 3, 16, 16))
     expect_n = b // g if mode == "compose" else b
-    assert seen == [(expect_n, 16, 32)]  # all L tokens, no masking
+    assert [tuple(x.shape) for x in calls] == [(expect_n, 16, 32)]  # all L tokens, no masking
     s = 1 if mode == "compose" else g
     assert out["mixed"].shape == (b // g, s, 3, 16, 16)
     assert out["pred"].shape == (b // g, s, g, 16, 48)
