@@ -26,23 +26,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def recon_hook(cfg: PretrainConfig):
     """Epoch hook writing ``recon/epoch-<n>.png`` from a fixed batch of held-out images."""
-    import torch
-
-    from ..data import build_dataset
-    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..viz.recon import reconstruction_figure
+    from ..viz.samples import held_out_images
 
     state: dict = {}
 
     def hook(model, epoch: int, run_dir: Path) -> None:
         if "imgs" not in state:
-            size, g = model.encoder.img_size, model.group_size
-            opts = dict(image_size=size, num_samples=cfg.data.num_samples, seed=cfg.data.seed)
-            images = build_dataset(cfg.data.spec, "val", eval_transform(size), **opts)
-            if len(images) < g:  # a tiny hold-out split: show training images instead
-                images = build_dataset(cfg.data.spec, "train", eval_transform(size), **opts)
-            count = min(len(images), 2 * g if g > 1 else 8)
-            state["imgs"] = torch.stack([images[i][0] for i in range(count - count % g)])
+            g = model.group_size
+            opts = dict(image_size=model.encoder.img_size, num_samples=cfg.data.num_samples, seed=cfg.data.seed)
+            count = 2 * g if g > 1 else 8
+            imgs = held_out_images(cfg.data.spec, count, **opts)[0]
+            if len(imgs) < g:  # a tiny hold-out split: show training images instead
+                imgs = held_out_images(cfg.data.spec, count, split="train", **opts)[0]
+            state["imgs"] = imgs[: len(imgs) - len(imgs) % g]
         device = next(model.parameters()).device
         reconstruction_figure(model, state["imgs"].to(device), run_dir / "recon" / f"epoch-{epoch}.png",
                               IMAGENET_MEAN, IMAGENET_STD)

@@ -13,8 +13,8 @@ from ..errors import UserError
 
 
 def held_out_images(spec: str, count: int, image_size: int, num_samples: int = 5000,
-                    seed: int = 0) -> tuple[Tensor, Optional[np.ndarray]]:
-    """The first ``count`` images of the ``val`` split of a ``--data`` spec, evaluation transform.
+                    seed: int = 0, split: str = "val") -> tuple[Tensor, Optional[np.ndarray]]:
+    """The first ``count`` images of a split (default ``val``) of a ``--data`` spec, evaluation transform.
 
     Returns ``imgs: [N, C, H, W]`` (ImageNet-normalised, ``N = min(count, len(split))``) and, for the
     synthetic scenes, their object masks ``[N, H, W]`` (non-zero = object pixel), else None.
@@ -22,7 +22,7 @@ def held_out_images(spec: str, count: int, image_size: int, num_samples: int = 5
     if count < 1:
         raise UserError(f"--num-images must be >= 1, got {count}")
     transform = eval_transform(image_size)
-    ds = build_dataset(spec, "val", transform, image_size=image_size, num_samples=num_samples, seed=seed)
+    ds = build_dataset(spec, split, transform, image_size=image_size, num_samples=num_samples, seed=seed)
     n = min(count, len(ds))
     if isinstance(ds, SyntheticScenes):
         items = [ds.sample(i) for i in range(n)]
