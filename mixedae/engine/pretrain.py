@@ -105,10 +105,9 @@ class Pretrainer:
         oc = cfg.optim
         self.base_lr = oc.lr if oc.lr is not None else oc.blr * self.eff_batch / 256
         self.optimizer = build_optimizer(self.model, self.base_lr, oc.weight_decay, tuple(oc.betas))
-        use_cuda = self.device.type == "cuda"
         check_precision(tc.precision, self.device)
         self.scaler = grad_scaler(tc.precision)
-        self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if use_cuda else None) \
+        self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
             if dist_info.enabled else None
 
         self.sampler = GlobalBatchSampler(
@@ -124,8 +123,11 @@ class Pretrainer:
     # ---------------------------------------------------------------------------------------
     def _restore(self, ckpt: dict[str, Any]) -> None:
         if ckpt["arch"] != self.arch:
+            was = {"name": ckpt["arch"]["name"], **ckpt["arch"]["kwargs"]}
+            now = {"name": self.arch["name"], **self.arch["kwargs"]}
+            diff = ", ".join(f"{k}: {was.get(k)} → {now.get(k)}" for k in sorted(was | now) if was.get(k) != now.get(k))
             raise UserError(
-                f"{self.resume_path} was written for model {ckpt['arch']}, not {self.arch}; "
+                f"{self.resume_path} was written for another model ({diff}); "
                 "resume with the run's own config.yaml or start a new --output-dir"
             )
         self.model.load_state_dict(ckpt["model"], strict=True)
@@ -192,9 +194,11 @@ class Pretrainer:
         metrics = dict(zip(sums, stats.tolist()))
         if not math.isfinite(metrics["loss"]):
             self.optimizer.zero_grad(set_to_none=True)
+            last_pt = self.run_dir / "last.pt"
+            kept = f"the last good checkpoint {last_pt} is kept" if last_pt.exists() else "no checkpoint was written yet"
             raise TrainingDiverged(
-                f"loss became {metrics['loss']} at step {self.step + 1}; the last good checkpoint is kept in "
-                f"{self.run_dir}; lower optim.blr, set train.clip_grad=1.0 or use train.precision=fp32"
+                f"loss became {metrics['loss']} at step {self.step + 1}; {kept}; "
+                "lower optim.blr, set train.clip_grad=1.0 or use train.precision=fp32"
             )
         self.scaler.unscale_(self.optimizer)
         max_norm = tc.clip_grad if tc.clip_grad is not None else float("inf")
@@ -206,6 +210,43 @@ class Pretrainer:
         metrics["grad_norm"] = float(grad_norm)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         return metrics
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """Train from the current step to the end of ``epoch`` (or ``train.max_steps``); log every N steps
+        and once at the end; refresh ``last.pt`` every ``checkpoint.every_steps``. Returns the last step's
+        metrics."""
+        cfg, tc, main = self.cfg, self.cfg.train, self.dist.is_main
+        in_epoch = self.step - epoch * self.steps_per_epoch
+        loader = iter(self._loader(epoch, in_epoch * tc.accum_steps))
+        self.model.train()
+        epoch_end = min((epoch + 1) * self.steps_per_epoch, self.last_step)
+        bar = tqdm(total=self.steps_per_epoch, initial=in_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                   disable=not (main and cfg.log.progress), dynamic_ncols=True, file=sys.stderr)
+        sums: dict[str, float] = {}
+        steps, last, window_start, window_images = 0, {}, time.time(), 0
+        while self.step < epoch_end:
+            last = self.train_step([next(loader) for _ in range(tc.accum_steps)])
+            steps, window_images = steps + 1, window_images + self.eff_batch
+            for k, v in last.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update(1)
+            if self.step % cfg.log.every_steps == 0 or self.step == epoch_end:
+                now = time.time()
+                ips = window_images / max(now - window_start, 1e-9)
+                window_start, window_images = now, 0
+                bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.0f}")
+                if main:
+                    self.logger.log({"step": self.step, "epoch": self.step / self.steps_per_epoch, **last,
+                                     "img_per_s": ips, "memory_mb": memory_mb(self.device),
+                                     "skipped_files": getattr(self.dataset, "num_skipped", 0)})
+            every = cfg.checkpoint.every_steps
+            if every and self.step % every == 0 and self.step < epoch_end:
+                self.save(epoch, numbered=False)
+        bar.close()
+        if main and steps:
+            self.logger.log({"step": self.step, "epoch": self.step / self.steps_per_epoch, "kind": "epoch",
+                             **{k: v / steps for k, v in sums.items()}}, tb_prefix="epoch")
+        return last
 
     # ---------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -223,52 +264,19 @@ class Pretrainer:
             )
             self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.log.tensorboard)
             self.logger.truncate_after(self.step)
-        start_time, images_seen, last = time.time(), 0, {}
-        epoch = self.step // self.steps_per_epoch
+        start_time, start_step, last = time.time(), self.step, {}
         while self.step < self.last_step:
             epoch = self.step // self.steps_per_epoch
-            in_epoch = self.step - epoch * self.steps_per_epoch
-            loader = iter(self._loader(epoch, in_epoch * tc.accum_steps))
-            self.model.train()
-            epoch_end = min((epoch + 1) * self.steps_per_epoch, self.last_step)
-            bar = tqdm(total=self.steps_per_epoch, initial=in_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                       disable=not (main and cfg.log.progress), dynamic_ncols=True, file=sys.stderr)
-            epoch_sums: dict[str, float] = {}
-            epoch_steps, window_start, window_images = 0, time.time(), 0
-            while self.step < epoch_end:
-                batches = [next(loader) for _ in range(tc.accum_steps)]
-                last = self.train_step(batches)
-                images_seen += self.eff_batch
-                window_images += self.eff_batch
-                epoch_steps += 1
-                for k, v in last.items():
-                    epoch_sums[k] = epoch_sums.get(k, 0.0) + v
-                bar.update(1)
-                if self.step % cfg.log.every_steps == 0 or self.step == epoch_end:
-                    now = time.time()
-                    ips = window_images / max(now - window_start, 1e-9)
-                    window_start, window_images = now, 0
-                    bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.0f}")
-                    if main:
-                        self.logger.log({"step": self.step, "epoch": self.step / self.steps_per_epoch, **last,
-                                         "img_per_s": ips, "memory_mb": memory_mb(self.device),
-                                         "skipped_files": getattr(self.dataset, "num_skipped", 0)})
-                every = cfg.checkpoint.every_steps
-                if every and self.step % every == 0 and self.step < epoch_end:
-                    self.save(epoch, numbered=False)
-            bar.close()
-            finished_epoch = self.step == (epoch + 1) * self.steps_per_epoch
-            if main and epoch_steps:
-                summary = {k: v / epoch_steps for k, v in epoch_sums.items()}
-                self.logger.log({"step": self.step, "epoch": epoch + 1 if finished_epoch else self.step / self.steps_per_epoch,
-                                 "kind": "epoch", **summary}, tb_prefix="epoch")
-            next_epoch = epoch + 1 if finished_epoch else epoch
-            numbered = finished_epoch and (next_epoch % cfg.checkpoint.every_epochs == 0 or next_epoch == tc.epochs)
+            last = self.train_epoch(epoch)
+            finished = self.step == (epoch + 1) * self.steps_per_epoch
+            next_epoch = epoch + 1 if finished else epoch
+            numbered = finished and (next_epoch % cfg.checkpoint.every_epochs == 0 or next_epoch == tc.epochs)
             self.save(next_epoch, numbered=numbered)
-            if main and finished_epoch and (next_epoch % cfg.log.recon_every_epochs == 0 or next_epoch == tc.epochs):
+            if main and finished and (next_epoch % cfg.log.recon_every_epochs == 0 or next_epoch == tc.epochs):
                 for hook in self.hooks:
                     hook(self.model, next_epoch, self.run_dir)
         elapsed = time.time() - start_time
+        images_seen = (self.step - start_step) * self.eff_batch
         results = {
             "model": cfg.model.name,
             "arch": self.arch,

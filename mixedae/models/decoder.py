@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .pos_embed import sincos_pos_embed_2d
-from .vit import Block
+from .vit import Block, VisionTransformer
 
 
 class Decoder(nn.Module):
@@ -43,6 +43,12 @@ class Decoder(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    @classmethod
+    def for_encoder(cls, encoder: VisionTransformer, decoder_dim: int, depth: int, num_heads: int) -> "Decoder":
+        """A decoder that predicts the pixels of ``encoder``'s patches from its features."""
+        pixels = encoder.patch_size**2 * encoder.in_chans
+        return cls(encoder.num_patches, encoder.embed_dim, decoder_dim, depth, num_heads, pixels, encoder.mlp_ratio)
 
     def forward(self, tokens: Tensor, extra: Optional[Tensor] = None) -> Tensor:
         """

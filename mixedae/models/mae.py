@@ -34,11 +34,7 @@ class MaskedAutoencoder(nn.Module):
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.group_size = 1  # images per row of masking noise (MixedAE: G images share one mask)
-        pixels = encoder.patch_size**2 * encoder.in_chans
-        self.decoder = Decoder(
-            encoder.num_patches, encoder.embed_dim, decoder_dim, decoder_depth, decoder_heads, pixels,
-            encoder.mlp_ratio,
-        )
+        self.decoder = Decoder.for_encoder(encoder, decoder_dim, decoder_depth, decoder_heads)
 
     def random_masking(self, noise: Tensor) -> tuple[Tensor, Tensor]:
         """Per-image uniform random masking driven by ``noise: [N, L]`` (i.i.d. uniform): the patches

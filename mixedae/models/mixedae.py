@@ -97,7 +97,7 @@ class MixedAutoencoder(nn.Module):
         self.homologous_blocks = self._resolve_blocks(homologous_blocks, encoder.depth)
         self.topk = length // g if topk is None else topk
         if not isinstance(self.topk, int) or not 1 <= self.topk <= length:
-            raise ValueError(f"topk must be an integer in [1, L={length}], got {topk!r}")
+            raise ValueError(f"topk must be an integer in [1, L={length}], got {topk!r}; leave it unset for K = rL = {length // g}")
         if homocon_weight > 0 and length // g < 2:
             raise ValueError(
                 f"the homologous contrastive loss needs at least 2 patches per source, but r·L = {length // g}; "
@@ -106,10 +106,7 @@ class MixedAutoencoder(nn.Module):
         if projector_dim is not None and homocon_weight <= 0:
             raise ValueError("projector_dim is set but homocon_weight is 0, so the projector would never be trained")
         self.homocon_weight, self.tau, self.norm_pix_loss = homocon_weight, tau, norm_pix_loss
-        pixels = encoder.patch_size**2 * encoder.in_chans
-        self.decoder = Decoder(
-            length, encoder.embed_dim, decoder_dim, decoder_depth, decoder_heads, pixels, encoder.mlp_ratio
-        )
+        self.decoder = Decoder.for_encoder(encoder, decoder_dim, decoder_depth, decoder_heads)
         if segment_embed != "none":  # E_seg: [G, D_dec] (decoder) or [G, D] (encoder)
             width = decoder_dim if segment_embed == "decoder" else encoder.embed_dim
             self.segment_embed = nn.Parameter(torch.randn(g, width) * 0.02)
@@ -128,7 +125,8 @@ class MixedAutoencoder(nn.Module):
             raise ValueError(f"homologous_blocks must be 'all', 'none' or a list of block indices, got {blocks!r}")
         resolved = tuple(sorted({b % depth if -depth <= b < 0 else b for b in blocks}))
         if any(not 0 <= b < depth for b in resolved):
-            raise ValueError(f"homologous_blocks {list(blocks)} out of range for an encoder of depth {depth}")
+            raise ValueError(f"homologous_blocks {list(blocks)} out of range for an encoder of depth {depth}; "
+                             f"use indices 0..{depth - 1} (negative ones count from the end), 'all' or 'none'")
         return resolved
 
     # 1. mixing mask ---------------------------------------------------------------------------

@@ -132,6 +132,9 @@ def load_pretraining_model(weights: str | Path) -> tuple[nn.Module, dict[str, An
     """
     path = Path(weights)
     if path.is_dir():
+        if not (path / "last.pt").is_file():
+            raise UserError(f"{path} is not a pre-training run folder (no last.pt); reconstructions need the decoder, "
+                            "so pass a run folder or its last.pt / checkpoint-<epoch>.pt, not an encoder export")
         path = path / "last.pt"
     ckpt = load_checkpoint(path)
     if "arch" not in ckpt or "model" not in ckpt:

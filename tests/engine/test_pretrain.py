@@ -206,3 +206,13 @@ def test_bf16_autocast_runs_on_cpu_and_fp16_needs_cuda(tmp_path, capsys):
         assert main(["pretrain", "--data", "synthetic", "--output-dir", str(tmp_path / "fp16"), *TINY,
                      "train.precision=fp16", "train.device=cpu"]) == 2
         assert "fp16 needs a CUDA device" in capsys.readouterr().err
+
+
+def test_resume_with_another_model_names_the_difference(tmp_path, capsys):
+    base = ["pretrain", "--data", "synthetic", "--output-dir", str(tmp_path), *TINY, "data.num_samples=16",
+            "train.batch_size=8", "train.epochs=1", "log.recon_every_epochs=100"]
+    assert main(base) == 0
+    capsys.readouterr()
+    assert main([*base, "model.depth=2", "--resume", "auto"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "depth: 1 → 2" in err

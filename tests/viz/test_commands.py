@@ -74,3 +74,12 @@ def test_step_time_benchmark_prints_a_table(tmp_path):
         assert any(line.startswith(name) for line in lines), name
     rows = json.loads((tmp_path / "t.json").read_text())["rows"]
     assert [r["steps"] for r in rows] == [2, 2, 2] and rows[0]["time_ratio"] == 1.0
+
+
+def test_recon_of_an_encoder_export_explains_the_decoder_is_needed(tmp_path, capsys):
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "config.json").write_text("{}")
+    rc = main(["visualize", "recon", "--weights", str(export), "--data", "synthetic", "--out", str(tmp_path / "r.png")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "reconstructions need the decoder" in err
