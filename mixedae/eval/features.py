@@ -1,7 +1,9 @@
 """Frozen features: extracted once per (weights, data, split, transform, kind) and cached.
 
-The cache key hashes the weights file's identity, the data spec and its options, the split, the
-item list of folder datasets, the transform (its ``repr``) and the kind of features. Features live
+The cache key hashes the weights' content (``fingerprint``: a sha256 of the encoder's architecture
+and tensors, see :mod:`mixedae.eval.weights`, so a copied or re-exported file reuses the cache and
+an overwritten one never does), the data spec and its options, the split, the item list of folder
+datasets, the transform (its ``repr``) and the kind of features. Features live
 in memory for the process (transfer runs k-NN and the linear probe on the same tensors) and, unless
 switched off, in ``<cache_dir>/<kind>-<split>-<hash>.pt`` (written atomically; an unreadable file
 is recomputed).
