@@ -50,7 +50,8 @@ def full_matrix_knn(train, labels, test, num_classes, k, temperature):
 def test_blocked_knn_equals_the_full_matrix(val_chunk, train_chunk):
     """Chunks that do not divide 7 val / 50 train rows, and k (20, 60 > 50 train) above the train chunk."""
     g = torch.Generator().manual_seed(0)
-    train, test = torch.randn(50, 8, generator=g, dtype=torch.float64), torch.randn(7, 8, generator=g, dtype=torch.float64)
+    train = torch.randn(50, 8, generator=g, dtype=torch.float64)
+    test = torch.randn(7, 8, generator=g, dtype=torch.float64)
     labels = torch.randint(0, 4, (50,), generator=g)
     got = knn_scores(train, labels, test, 4, (1, 5, 20, 60), 0.07, val_chunk=val_chunk, train_chunk=train_chunk)
     for k in (1, 5, 20, 60):
