@@ -10,10 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mixedae.cli import main
 from mixedae.eval import finetune
@@ -22,7 +20,7 @@ from mixedae.eval.finetune import FinetuneConfig, finetune_model, finetune_optim
 from mixedae.models import VisionTransformer
 from mixedae.schedule import set_lr
 
-from .conftest import DATA
+from .conftest import DATA, write_split_folder
 from .test_weights import reference_encoder
 
 
@@ -47,7 +45,8 @@ def test_fc_norm_starts_fresh_and_the_final_norm_is_dropped_as_in_mae():
         if not key.startswith("norm."):
             assert torch.equal(state[key], value), key
     copied = finetune_model(encoder, num_classes=5, drop_path=0.1, copy_norm=True)
-    assert torch.equal(copied.fc_norm.weight, encoder.norm.weight) and torch.equal(copied.fc_norm.bias, encoder.norm.bias)
+    assert torch.equal(copied.fc_norm.weight, encoder.norm.weight)
+    assert torch.equal(copied.fc_norm.bias, encoder.norm.bias)
     assert load_eval_config(FinetuneConfig, "synthetic", ["copy_norm=true"]).copy_norm is True
     assert FinetuneConfig().copy_norm is False
 
@@ -165,24 +164,13 @@ def run_two_ranks(tmp_path: Path, argv: list[str], inject: str, on_rank: int = 1
                 p.wait()
 
 
-def write_folder(root: Path, bad_val: int | None = None) -> Path:
-    """train/{a,b}/8 images, val/{a,b}/2 images; val item ``bad_val`` (sorted order) is not an image."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("val", 2)):
-        for c in "ab":
-            (root / split / c).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
-    if bad_val is not None:
-        path = sorted((root / "val").rglob("*.png"))[bad_val]
-        path.write_bytes(b"not a png")
-    return root
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("inject", ["nan", "setup", "unreadable-val"])
 def test_one_rank_in_trouble_stops_both_with_one_line(run_dir, tmp_path, inject):
-    data = "synthetic" if inject != "unreadable-val" else str(write_folder(tmp_path / "data", bad_val=1))  # rank 1's slice
+    # val item 1 (sorted: a/0, a/1, b/0, ...) falls in rank 1's slice
+    data = "synthetic"
+    if inject == "unreadable-val":
+        data = str(write_split_folder(tmp_path / "data", {"val": ["a/1.png"]}))
     argv = ["finetune", "--weights", str(run_dir), "--data", data, *DATA, "epochs=1", "batch_size=4",
             "--output-dir", str(tmp_path / "ft")]
     ranks = run_two_ranks(tmp_path, argv, inject)

@@ -14,24 +14,10 @@ from mixedae.cli import main
 from mixedae.data import ImageFiles, UnreadableImage, build_dataset, eval_transform
 from mixedae.eval import features
 
-from .conftest import DATA
+from .conftest import write_split_folder
 from .test_weights import reference_encoder
 
 ARGS = ["progress=false", "data.num_workers=0", "data.image_size=16"]
-
-
-def write_split_folder(root: Path, bad: dict[str, list[str]]) -> Path:
-    """``root/{train,val}/{a,b,c}/<i>.png`` (train 6, val 2 per class); ``bad[split]`` names files made unreadable."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("val", 2)):
-        for c in "abc":
-            (root / split / c).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
-    for split, names in bad.items():
-        for name in names:
-            (root / split / name).write_bytes(b"\x89PNG truncated")
-    return root
 
 
 def results_of(out: Path) -> dict:
@@ -68,7 +54,7 @@ def test_unreadable_train_images_are_left_out_counted_and_listed(run_dir, tmp_pa
     res = results_of(out)
     unreadable = res["data"]["unreadable"]
     assert unreadable["train_dropped"] == 2 and "left out" in unreadable["policy"]
-    assert unreadable["train_dropped_files"] == [str(data / "train" / "a" / "2.png"), str(data / "train" / "c" / "0.png")]
+    assert unreadable["train_dropped_files"] == [str(data / "train" / name) for name in ("a/2.png", "c/0.png")]
     assert res["data"]["train"] == 16 and res["k_used"]["100"] == 16
     # k-NN over the 16 readable train images only, computed without mixedae.eval
     encoder = reference_encoder(run_dir)
