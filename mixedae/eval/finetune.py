@@ -77,13 +77,13 @@ class FinetuneConfig(EvalConfig):
     weight_decay: float = 0.05
     layer_decay: float = 0.65
     drop_path: float = 0.1
+    copy_norm: bool = False  # fc_norm starts as a copy of the encoder's final norm (MAE: fresh; module docstring)
     mixup: float = 0.8
     cutmix: float = 1.0
     smoothing: float = 0.1
     auto_augment: str = "rand-m9-mstd0.5-inc1"  # "" switches RandAugment off
     reprob: float = 0.25
     clip_grad: Optional[float] = None
-    copy_norm: bool = False  # fc_norm starts as a copy of the encoder's final norm (MAE: fresh; module docstring)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype (fp16 needs CUDA)
 
     def validate(self) -> None:
@@ -156,24 +156,26 @@ def finetune_optimizer(model: nn.Module, cfg: FinetuneConfig, base_lr: float) ->
                                layer_decay=cfg.layer_decay)
 
 
-def agree(error: Optional[str]) -> None:
-    """Raise ``UserError`` on every rank when any rank passes an error (the lowest such rank's).
-
-    A collective under torchrun: every rank must call it at the same point, error or not.
-    """
+def agree(error: Optional[Exception]) -> None:
+    """Stop every rank when any rank met an error: that rank raises its own, the others a UserError
+    quoting the lowest failing rank's. A collective under torchrun: every rank calls it at the same point."""
     if dist.is_available() and dist.is_initialized():
-        errors: list[Optional[str]] = [None] * dist.get_world_size()
-        dist.all_gather_object(errors, error)
-        error = next((f"process {rank}: {e}" for rank, e in enumerate(errors) if e), None)
-    if error:
-        raise UserError(error)
+        message = None if error is None else str(error) if isinstance(error, (UserError, ValueError)) else \
+            f"{type(error).__name__}: {error}"
+        messages: list[Optional[str]] = [None] * dist.get_world_size()
+        dist.all_gather_object(messages, message)
+        first = next((f"process {rank}: {m}" for rank, m in enumerate(messages) if m), None)
+        if error is None and first:
+            raise UserError(first)
+    if error is not None:
+        raise error
 
 
 def agree_readable(unreadable: list[Unreadable], dist_info: DistInfo) -> None:
     """Stop every rank with one line if any rank met an unreadable val image (a collective)."""
     total = all_reduce_mean(torch.tensor([float(len(unreadable))], device=dist_info.device)) * dist_info.world_size
     if total.item() > 0:
-        agree(str(unreadable_error("val", unreadable, round(total.item()))) if unreadable else None)
+        agree(unreadable_error("val", unreadable, round(total.item())) if unreadable else None)
 
 
 @torch.no_grad()
@@ -281,8 +283,8 @@ def _finetune(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str
     prepared, error = None, None
     try:
         prepared = _prepare(cfg, weights, output_dir, dist_info)
-    except UserError as e:
-        error = str(e)
+    except Exception as e:  # re-raised by agree(), once every rank has heard of it
+        error = e
     agree(error)  # a rank that cannot set up (weights, data) stops them all
     encoder, info, out, train, val, sampler, train_loader, val_loader, model = prepared
     agree_readable([u for _, bad in val_loader for u in bad], dist_info)  # read val once: fail before training
