@@ -12,17 +12,24 @@ from .common import add_overrides
 
 WEIGHTS_HELP = "pre-training run folder, checkpoint (.pt/.pth/.safetensors), export folder or MAE-style checkpoint"
 DATA_HELP = "synthetic | DIR | ARCHIVE.tar[.gz]"
-PROTOCOLS = {
+PROTOCOLS = {  # name: (short help, description, override example)
     "linprobe": ("linear probe on frozen cls features (BatchNorm + Linear, LARS)",
                  "MAE's linear probe on frozen cls-token features. Keys: epochs, batch_size, blr|lr, warmup_epochs, "
-                 "weight_decay, seed, data.*, ..."),
+                 "weight_decay, seed, data.*, ...",
+                 "epochs=30 batch_size=256 blr=6.4 data.num_workers=8"),
     "finetune": ("fine-tune end to end (MAE recipe; also under torchrun)",
                  "MAE fine-tuning of a timm ViT initialised from the encoder (layer decay, drop-path, mixup/cutmix, "
-                 "RandAugment, random erasing). Also runs under torchrun --nproc_per_node=N -m mixedae finetune ..."),
+                 "RandAugment, random erasing). Keys: epochs, batch_size, blr|lr, layer_decay, drop_path, mixup, "
+                 "cutmix, copy_norm, precision, data.*, ... Also runs under torchrun --nproc_per_node=N -m mixedae "
+                 "finetune ...",
+                 "epochs=100 batch_size=32 blr=5e-4 layer_decay=0.65 precision=bf16"),
     "segprobe": ("linear segmentation probe on frozen patch tokens (mIoU)",
                  "Per-patch linear classifier on frozen patch tokens, bilinearly upsampled; mIoU and pixel accuracy. "
-                 "Keys: layers, epochs, batch_size, lr, ignore_index, mask_size, num_classes, data.*, ..."),
+                 "Keys: layers, epochs, batch_size, lr, ignore_index, mask_size, num_classes, data.*, ...",
+                 "epochs=30 layers=4 mask_size=64 data.num_workers=8"),
 }
+KNN_EXAMPLE = "block_mib=2048 extract_batch_size=256 data.num_workers=8"
+TRANSFER_EXAMPLE = "linprobe.epochs=30 knn.temperature=0.1 data.num_workers=8"
 
 
 def int_list(text: str) -> list[int]:
@@ -33,25 +40,26 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected an integer or a comma list like 10,20,100, got {text!r}") from None
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--output-dir", help="results folder (default <run>/eval/<protocol> or runs/eval/<name>/<protocol>)")
-    add_overrides(p)
+    add_overrides(p, example)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("knn", help="weighted k-NN on frozen features (top-1)",
                        description="DINO's weighted k-NN (cosine, exp(sim/T) votes) on frozen cls and mean-patch "
-                                   "features; the headline is cls top-1 at k=20.")
-    _common(p)
+                                   "features; the headline is cls top-1 at k=20. Keys: block_mib, extract_batch_size, "
+                                   "device, cache_features, data.*, ...")
+    _common(p, KNN_EXAMPLE)
     p.add_argument("--k", type=int_list, default=[10, 20, 100, 200], help="k or comma list (default 10,20,100,200)")
     p.add_argument("--temperature", type=float, default=0.07, help="vote temperature T (default 0.07)")
     p.set_defaults(func=run_knn_command)
 
-    for name, (short, description) in PROTOCOLS.items():
+    for name, (short, description, example) in PROTOCOLS.items():
         p = sub.add_parser(name, help=short, description=description)
-        _common(p)
+        _common(p, example)
         p.set_defaults(func=run_protocol_command, protocol=name)
 
     p = sub.add_parser("transfer", help="k-NN / linear probe over several datasets: one table",
@@ -61,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="comma list of " + DATA_HELP)
     p.add_argument("--protocols", default="knn,linprobe", help="comma list of knn, linprobe (default both)")
     p.add_argument("--output-dir", help="results folder (default <run>/eval/transfer)")
-    add_overrides(p)
+    add_overrides(p, TRANSFER_EXAMPLE)
     p.set_defaults(func=run_transfer_command)
 
     p = sub.add_parser("export", help="export the encoder as a timm checkpoint",

@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="synthetic | DIR | ARCHIVE.tar[.gz]; the val split is shown")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--num-images", type=int, default=8, help="images to show (mixing: a multiple of the group size)")
-    add_overrides(p)
+    add_overrides(p, "data.num_samples=200 seed=1")
     p.set_defaults(func=run_visualize)
 
     r = sub.add_parser(

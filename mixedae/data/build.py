@@ -85,7 +85,7 @@ def _labelled_samples(folder: Path, classes: list[str]) -> list[tuple[str, int]]
 
 
 def _folder_dataset(root: Path, layout: str, split: str, transform: Optional[Callable], seed: int,
-                    require_labels: bool) -> ImageFiles:
+                    require_labels: bool, unreadable: str) -> ImageFiles:
     if layout == "segmentation":
         if require_labels:
             raise UserError(f"{root} is a segmentation folder without image-level classes; supervised protocols "
@@ -93,7 +93,8 @@ def _folder_dataset(root: Path, layout: str, split: str, transform: Optional[Cal
         folder = root / "images" / split
         if not folder.is_dir():
             raise UserError(f"segmentation folder {root} has no images/{split}/; add it")
-        return _nonempty(ImageFiles([(str(p), -1) for p in list_images(folder)], [], transform, str(folder)), split)
+        return _nonempty(ImageFiles([(str(p), -1) for p in list_images(folder)], [], transform, str(folder),
+                                    unreadable), split)
     if layout == "unlabeled" and require_labels:
         raise UserError(f"{root} has no class sub-folders (or has images directly in it); supervised protocols "
                         f"need {SUPERVISED_LAYOUT}")
@@ -106,7 +107,7 @@ def _folder_dataset(root: Path, layout: str, split: str, transform: Optional[Cal
         classes, samples = [], [(str(p), -1) for p in list_images(folder)]
     if not splits:
         samples = holdout_split(samples, split, seed)
-    return _nonempty(ImageFiles(samples, classes, transform, f"{folder} ({split})"), split)
+    return _nonempty(ImageFiles(samples, classes, transform, f"{folder} ({split})", unreadable), split)
 
 
 def _nonempty(dataset: ImageFiles, split: str) -> ImageFiles:
@@ -118,7 +119,7 @@ def _nonempty(dataset: ImageFiles, split: str) -> ImageFiles:
 
 def build_dataset(spec: str, split: str = "train", transform: Optional[Callable] = None, *, image_size: int = 32,
                   num_samples: int = 5000, seed: int = 0, require_labels: bool = False,
-                  val_samples: Optional[int] = None) -> torch.utils.data.Dataset:
+                  val_samples: Optional[int] = None, unreadable: str = "replace") -> torch.utils.data.Dataset:
     """Dataset for a ``--data`` spec: ``"synthetic"``, a directory, or a ``.tar``/``.tar.gz``/``.tgz``.
 
     Items are ``(transform(PIL RGB image), target)``; target is -1 for unlabeled images.
@@ -131,12 +132,14 @@ def build_dataset(spec: str, split: str = "train", transform: Optional[Callable]
         seed: synthetic scenes, and the hold-out of folders without split folders.
         require_labels: raise UserError unless the data has image-level classes.
         val_samples: synthetic ``"val"`` length; default ``num_samples // 5``.
+        unreadable: what a folder dataset does with a file that does not decode (``ImageFiles``):
+            ``"replace"`` (pre-training) or ``"raise"`` (evaluation).
     """
     _check_split(split)
     if spec == SYNTHETIC:
         return _synthetic(split, transform, image_size, num_samples, seed, val_samples)
     root = resolve_root(spec)
-    return _folder_dataset(root, detect_layout(root), split, transform, seed, require_labels)
+    return _folder_dataset(root, detect_layout(root), split, transform, seed, require_labels, unreadable)
 
 
 def build_segmentation_dataset(spec: str, split: str = "train", *, image_size: int = 32, num_samples: int = 5000,

@@ -1,4 +1,4 @@
-"""Datasets on disk: layout detection, image lists, and readers that survive corrupt files.
+"""Datasets on disk: layout detection, image lists, and readers with a policy for corrupt files.
 
 Layouts (``detect_layout``):
     segmentation  ``<root>/images/{train,val}/*`` + ``<root>/annotations/{train,val}/*.png``.
@@ -7,6 +7,11 @@ Layouts (``detect_layout``):
     unlabeled     any other folder holding images, flat or nested (targets are -1).
 A nested folder of unlabeled images whose sub-folders all hold images reads as an imagefolder; its
 "classes" are then the sub-folder names, which pre-training ignores anyway.
+
+Unreadable images (:class:`ImageFiles`, ``unreadable=``): ``"replace"`` (pre-training, and the
+training split of fine-tuning) substitutes the next readable image and counts the failure, so one
+corrupt JPEG cannot end a long run; ``"raise"`` (evaluation) raises :class:`UnreadableImage` naming
+the file, and the evaluation decides (see :mod:`mixedae.eval.common`): never another image in its place.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import multiprocessing
 import os
 import struct
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +37,17 @@ SPLIT_DIRS = {"train": ("train",), "val": ("val", "test")}
 LABEL_MODES = ("1", "L", "P", "I", "I;16")
 # What PIL raises on corrupt, truncated or foreign files (UnidentifiedImageError is an OSError).
 UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, Image.DecompressionBombError)
+
+
+class UnreadableImage(UserError):
+    """An image file that does not decode (``path``, ``reason``), from ``ImageFiles(unreadable="raise")``."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cannot read image {path} ({reason}); repair or remove the file")
+        self.path, self.reason = path, reason
+
+    def __reduce__(self):  # pickled with its own arguments (DataLoader workers)
+        return type(self), (self.path, self.reason)
 
 
 def is_image(path: Path) -> bool:
@@ -97,25 +113,29 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Images from ``(path, target)`` pairs; unreadable files are skipped, warned about and counted.
+    """Images from ``(path, target)`` pairs, with a policy for files that do not decode.
 
     Args:
         samples: ``(path, target)`` pairs; target -1 for unlabeled images.
         classes: class names indexed by target (empty for unlabeled images).
         transform: applied to the RGB PIL image by ``__getitem__``.
         source: where the images come from, for messages and ``describe()``.
-
-    A file that fails to decode is replaced by the next readable one (``(i + 1) % len``, then on),
-    deterministically, so one corrupt JPEG cannot end a long run. Each failure is logged once per
-    file and process and counted in ``num_skipped``, which DataLoader worker processes share.
+        unreadable: ``"replace"``: a file that fails to decode is replaced by the next readable one
+            (``(i + 1) % len``, then on), deterministically, so one corrupt JPEG cannot end a long run;
+            each failure is logged once per file and process and counted in ``num_skipped``, which
+            DataLoader worker processes share. ``"raise"``: :class:`UnreadableImage` (evaluation).
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str],
-                 transform: Optional[Callable] = None, source: str = ""):
+                 transform: Optional[Callable] = None, source: str = "",
+                 unreadable: Literal["replace", "raise"] = "replace"):
+        if unreadable not in ("replace", "raise"):
+            raise ValueError(f"unreadable must be 'replace' or 'raise', got {unreadable!r}")
         self.samples = [(str(p), int(t)) for p, t in samples]
         self.classes = list(classes)
         self.transform = transform
         self.source = source
+        self.unreadable = unreadable
         self._skips = multiprocessing.Value("l", 0)
         self._warned: set[str] = set()
 
@@ -141,10 +161,16 @@ class ImageFiles(torch.utils.data.Dataset):
         return (self.transform(image) if self.transform is not None else image), target
 
     def load(self, index: int) -> tuple[Image.Image, int]:
-        """The PIL RGB image and target of item ``index``, or of the next readable item."""
+        """The PIL RGB image and target of item ``index``, or (``"replace"``) of the next readable item."""
         n = len(self.samples)
         if not 0 <= index < n:
             raise IndexError(f"index {index} out of range for {n} images")
+        if self.unreadable == "raise":
+            path, target = self.samples[index]
+            try:
+                return load_rgb(path), target
+            except UNREADABLE as e:
+                raise UnreadableImage(path, f"{type(e).__name__}: {e}") from None
         for step in range(n):
             path, target = self.samples[(index + step) % n]
             try:

@@ -5,6 +5,14 @@ Output folders: a protocol writes ``results.json`` into ``output_dir``; by defau
 ``runs/eval/<weights name>/<protocol>`` otherwise. Frozen features are cached in ``features/``
 beside the default protocol folders (so k-NN, the linear probe and transfer share them) or inside an
 explicit ``output_dir``; ``cache_dir=...`` overrides both.
+
+Unreadable images (files that do not decode) never change what a protocol is scored on:
+    * val split, every protocol: an error, one line naming the first file and the count;
+    * train split, frozen-feature protocols (k-NN, linear probe, transfer): left out of the train
+      features, counted and listed in ``results.json`` (``data.unreadable``);
+    * train split, fine-tuning: replaced by the next readable image and counted, as in pre-training
+      (the images are augmented training inputs, not what is scored).
+Repairing a file left out of cached train features makes the next run re-extract them.
 """
 
 from __future__ import annotations
@@ -12,19 +20,25 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..config import DataConfig, load_config, to_dict
-from ..data import build_dataset, describe_dataset
+from ..data import UnreadableImage, build_dataset, describe_dataset
 from ..errors import UserError
 from ..io import atomic_write_json
 from ..models import VisionTransformer
 
 RESULTS_FILE = "results.json"
 FEATURES_DIR = "features"
+MAX_LISTED_FILES = 100  # unreadable train files named in results.json (all are counted)
+FROZEN_POLICY = ("val: an unreadable image is an error; train: unreadable images are left out of the features "
+                 "(counted and listed here)")
+FINETUNE_POLICY = ("val: an unreadable image is an error; train: an unreadable image is replaced by the next "
+                   "readable one and counted (per load), as in pre-training")
 
 
 @dataclass
@@ -90,20 +104,75 @@ def output_dirs(info: dict[str, Any], protocol: str, output_dir: Optional[str | 
     return out, Path(cache_dir) if cache_dir else cache
 
 
-def labelled_splits(cfg: EvalConfig, image_size: int, train_transform: Callable, val_transform: Callable):
-    """``(train, val)`` datasets of ``cfg.data`` with image-level labels (UserError without labels)."""
+def labelled_splits(cfg: EvalConfig, image_size: int, train_transform: Callable, val_transform: Callable,
+                    train_unreadable: str = "raise"):
+    """``(train, val)`` datasets of ``cfg.data`` with image-level labels (UserError without labels).
+
+    An unreadable val image raises :class:`~mixedae.data.UnreadableImage`; train images do as
+    ``train_unreadable`` says (``"raise"`` or ``"replace"``, see the module docstring).
+    """
     opts = dict(image_size=image_size, num_samples=cfg.data.num_samples, seed=cfg.data.seed, require_labels=True)
-    train = build_dataset(cfg.data.spec, "train", train_transform, **opts)
-    val = build_dataset(cfg.data.spec, "val", val_transform, **opts)
+    train = build_dataset(cfg.data.spec, "train", train_transform, unreadable=train_unreadable, **opts)
+    val = build_dataset(cfg.data.spec, "val", val_transform, unreadable="raise", **opts)
     if not train.classes:
         raise UserError(f"{cfg.data.spec} has no image-level classes; supervised protocols need <root>/<class>/*.jpg")
     return train, val
 
 
-def data_summary(cfg: EvalConfig, train, val) -> dict[str, Any]:
-    """The data part of a results JSON."""
-    return {"spec": cfg.data.spec, "train": len(train), "val": len(val), "num_classes": len(train.classes),
-            "train_describe": describe_dataset(train), "val_describe": describe_dataset(val)}
+class Unreadable(NamedTuple):
+    """A dataset item whose image does not decode: its index, file and the decoder's complaint."""
+
+    index: int
+    path: str
+    reason: str
+
+
+class ReadableItems(Dataset):
+    """``dataset``'s items, with an :class:`Unreadable` marker in place of an unreadable image's error.
+
+    The marker travels from DataLoader workers as data (an exception would arrive wrapped in a
+    worker traceback); :func:`readable_loader` batches the readable items and lists the rest.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except UnreadableImage as e:
+            return Unreadable(index, e.path, e.reason)
+
+
+def collate_readable(batch: list) -> tuple[Any, list[Unreadable]]:
+    """``(default_collate(readable items), unreadable markers)``; the first is None if none is readable."""
+    bad = [item for item in batch if isinstance(item, Unreadable)]
+    good = [item for item in batch if not isinstance(item, Unreadable)]
+    return (default_collate(good) if good else None), bad
+
+
+def readable_loader(dataset: Dataset, **kwargs) -> DataLoader:
+    """A DataLoader over ``dataset`` yielding ``(batch or None, [Unreadable, ...])``."""
+    return DataLoader(ReadableItems(dataset), collate_fn=collate_readable, **kwargs)
+
+
+def unreadable_error(split: str, items: Sequence[Unreadable], total: Optional[int] = None) -> UserError:
+    """The one-line error for unreadable images of a split that may not lose any (``total``: over all ranks)."""
+    first = items[0]
+    return UserError(f"{total or len(items)} {split} image(s) cannot be read (first: {first.path}: {first.reason}); "
+                     f"evaluation never replaces or drops a {split} image, which would change the {split} set: "
+                     "repair or remove the file(s) and run again")
+
+
+def data_summary(cfg: EvalConfig, train, val, unreadable: Optional[dict[str, Any]] = None,
+                 train_used: Optional[int] = None) -> dict[str, Any]:
+    """The data part of a results JSON (``train``: the train images used; ``unreadable``: see the module docstring)."""
+    return {"spec": cfg.data.spec, "train": len(train) if train_used is None else train_used, "val": len(val),
+            "num_classes": len(train.classes), "train_describe": describe_dataset(train),
+            "val_describe": describe_dataset(val), "unreadable": unreadable or {}}
 
 
 def write_results(results: dict[str, Any], out: Path, cfg: EvalConfig, info: dict[str, Any]) -> dict[str, Any]:

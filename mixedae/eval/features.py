@@ -1,7 +1,9 @@
 """Frozen features: extracted once per (weights, data, split, transform, kind) and cached.
 
-The cache key hashes the weights file's identity, the data spec and its options, the split, the
-item list of folder datasets, the transform (its ``repr``) and the kind of features. Features live
+The cache key hashes the weights' content (``fingerprint``: a sha256 of the encoder's architecture
+and tensors, see :mod:`mixedae.eval.weights`, so a copied or re-exported file reuses the cache and
+an overwritten one never does), the data spec and its options, the split, the item list of folder
+datasets, the transform (its ``repr``) and the kind of features. Features live
 in memory for the process (transfer runs k-NN and the linear probe on the same tensors) and, unless
 switched off, in ``<cache_dir>/<kind>-<split>-<hash>.pt`` (written atomically; an unreadable file
 is recomputed).
@@ -12,7 +14,10 @@ Kinds:
     ``patches-<k>-mask<M>``: ``patches [N, k·D, h, w]``, the last ``k`` blocks' patch tokens, each
         through the final norm (timm ``forward_intermediates(norm=True)``), concatenated on channels;
         targets are ``M × M`` masks.
-Every kind also holds ``targets``: the datasets' second item, stacked (labels ``[N]``, masks ``[N, H, W]``).
+Every kind also holds ``targets``: the datasets' second item, stacked (labels ``[N]``, masks ``[N, H, W]``),
+and ``dropped``: the indices ``[n]`` of images that did not decode and were left out (train splits
+only; in any other split they are an error, see :mod:`mixedae.eval.common`). Cached features with
+dropped images are recomputed once one of those files decodes.
 """
 
 from __future__ import annotations
@@ -20,24 +25,29 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from ..data import load_rgb
+from ..data.folders import UNREADABLE
 from ..data.transforms import eval_transform
 from ..distributed import resolve_device
 from ..errors import UserError
 from ..io import atomic_torch_save, load_checkpoint
 from ..models import VisionTransformer
-from .common import EvalConfig, data_summary, image_size_for, labelled_splits
+from .common import (FROZEN_POLICY, MAX_LISTED_FILES, EvalConfig, data_summary, image_size_for, labelled_splits,
+                     readable_loader, unreadable_error)
 from .weights import to_timm
 
 FeatureFn = Callable[[Tensor], dict[str, Tensor]]
 _MEMORY: dict[str, dict[str, Tensor]] = {}
+CACHE_FORMAT = 2  # 2: features hold ``dropped``
 
 
 def global_features(model: nn.Module) -> FeatureFn:
@@ -62,14 +72,43 @@ def patch_features(model: nn.Module, layers: int) -> FeatureFn:
 
 @torch.no_grad()
 def extract(fn: FeatureFn, dataset: Dataset, *, batch_size: int, num_workers: int, device: torch.device,
-            progress: bool, desc: str) -> dict[str, Tensor]:
-    """Run ``fn`` over ``dataset`` (items ``(image [C, H, W], target)``) in order; results on CPU."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+            progress: bool, desc: str, split: str, drop_unreadable: bool) -> dict[str, Tensor]:
+    """Run ``fn`` over ``dataset`` (items ``(image [C, H, W], target)``) in order; results on CPU.
+
+    An image that does not decode is left out (its index in ``dropped``) if ``drop_unreadable``,
+    else a UserError naming it once the split has been read (so it names the count too).
+    """
     parts: dict[str, list[Tensor]] = {}
-    for imgs, targets in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, file=sys.stderr):
+    unreadable = []
+    loader = readable_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    for batch, bad in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, file=sys.stderr):
+        unreadable += bad
+        if batch is None:
+            continue
+        imgs, targets = batch
         for key, value in {**fn(imgs.to(device)), "targets": torch.as_tensor(targets)}.items():
             parts.setdefault(key, []).append(value.float().cpu() if value.is_floating_point() else value.cpu())
-    return {key: torch.cat(values) for key, values in parts.items()}
+    if unreadable and not drop_unreadable:
+        raise unreadable_error(split, unreadable)
+    if not parts:
+        raise UserError(f"none of the {len(dataset)} {split} images can be read (first: {unreadable[0].path}: "
+                        f"{unreadable[0].reason}); check the files")
+    dropped = torch.tensor([u.index for u in unreadable], dtype=torch.long)
+    return {**{key: torch.cat(values) for key, values in parts.items()}, "dropped": dropped}
+
+
+def dropped_files(dataset: Dataset, features: dict[str, Tensor]) -> list[str]:
+    """The files of the images left out of ``features`` (empty for generated data)."""
+    samples = getattr(dataset, "samples", None)
+    return [samples[i][0] for i in features["dropped"].tolist()] if samples is not None else []
+
+
+def _decodes(path: str) -> bool:
+    try:
+        load_rgb(path)
+        return True
+    except UNREADABLE:
+        return False
 
 
 def _items_digest(dataset: Dataset) -> Optional[str]:
@@ -89,14 +128,16 @@ def cache_key(weights: dict[str, Any], data: dict[str, Any], split: str, dataset
         "length": len(dataset),
         "transform": repr(getattr(dataset, "transform", None)),
         "kind": kind,
+        "format": CACHE_FORMAT,
     }
 
 
-def cached(key: dict[str, Any], compute: Callable[[], dict[str, Tensor]], cache_dir: Optional[Path]) -> dict[str, Tensor]:
-    """``compute()`` unless the features for ``key`` are in memory or in ``cache_dir``."""
+def cached(key: dict[str, Any], compute: Callable[[], dict[str, Tensor]], cache_dir: Optional[Path],
+           stale: Callable[[dict[str, Tensor]], bool] = lambda features: False) -> dict[str, Tensor]:
+    """``compute()`` unless the features for ``key`` are in memory or in ``cache_dir`` and not ``stale``."""
     text = json.dumps(key, sort_keys=True)
     digest = hashlib.sha1(text.encode()).hexdigest()[:20]
-    if digest in _MEMORY:
+    if digest in _MEMORY and not stale(_MEMORY[digest]):
         return _MEMORY[digest]
     path = cache_dir / f"{key['kind']}-{key['split']}-{digest}.pt" if cache_dir is not None else None
     features = None
@@ -106,6 +147,8 @@ def cached(key: dict[str, Any], compute: Callable[[], dict[str, Tensor]], cache_
             features = stored["features"] if stored.get("key") == text else None
         except (UserError, KeyError):
             features = None  # damaged cache file: recompute and overwrite
+        if features is not None and stale(features):
+            features = None
     if features is None:
         features = compute()
         if path is not None:
@@ -123,15 +166,20 @@ def data_options(cfg: EvalConfig, image_size: int) -> dict[str, Any]:
 
 
 def split_features(fn: FeatureFn, datasets: dict[str, Dataset], info: dict[str, Any], cfg: EvalConfig,
-                   image_size: int, kind: str, cache_dir: Path, device: torch.device) -> dict[str, dict[str, Tensor]]:
-    """``{split: features}`` of ``fn`` over each dataset, through the cache (off with ``cache_features=false``)."""
+                   image_size: int, kind: str, cache_dir: Path, device: torch.device,
+                   drop_unreadable: Sequence[str] = ("train",)) -> dict[str, dict[str, Tensor]]:
+    """``{split: features}`` of ``fn`` over each dataset in order, through the cache (``cache_features=false``: memory).
+
+    Unreadable images of the splits in ``drop_unreadable`` are left out (``dropped``), elsewhere an error.
+    """
     out = {}
     for split, ds in datasets.items():
         key = cache_key(info, data_options(cfg, image_size), split, ds, kind)
-        out[split] = cached(key, lambda: extract(fn, ds, batch_size=cfg.extract_batch_size, device=device,
-                                                 num_workers=cfg.data.num_workers, progress=cfg.progress,
-                                                 desc=f"{kind} features ({split})"),
-                            cache_dir if cfg.cache_features else None)
+        compute = partial(extract, fn, ds, batch_size=cfg.extract_batch_size, device=device,
+                          num_workers=cfg.data.num_workers, progress=cfg.progress, desc=f"{kind} features ({split})",
+                          split=split, drop_unreadable=split in drop_unreadable)
+        out[split] = cached(key, compute, cache_dir if cfg.cache_features else None,
+                            stale=lambda feats, ds=ds: any(_decodes(f) for f in dropped_files(ds, feats)))
     return out
 
 
@@ -140,11 +188,16 @@ def labelled_features(encoder: VisionTransformer, info: dict[str, Any], cfg: Eva
     """``global`` features (plus labels as ``targets``) of the train and val splits, evaluation transform.
 
     Returns ``(train, val, data summary)``; train/val hold ``cls``, ``patch_mean`` ``[N, D]`` and ``targets [N]``.
+    The val split is read first, so an unreadable val image stops the run before the (larger) train split.
     """
     size = image_size_for(cfg, encoder)
     transform = eval_transform(size)
     train, val = labelled_splits(cfg, size, transform, transform)
     device = resolve_device(cfg.device)
-    feats = split_features(global_features(to_timm(encoder).to(device)), {"train": train, "val": val}, info, cfg,
+    feats = split_features(global_features(to_timm(encoder).to(device)), {"val": val, "train": train}, info, cfg,
                            size, "global", cache_dir, device)
-    return feats["train"], feats["val"], data_summary(cfg, train, val)
+    dropped = dropped_files(train, feats["train"])
+    unreadable = {"policy": FROZEN_POLICY, "train_dropped": len(feats["train"]["dropped"]),
+                  "train_dropped_files": dropped[:MAX_LISTED_FILES]}
+    summary = data_summary(cfg, train, val, unreadable, train_used=len(feats["train"]["targets"]))
+    return feats["train"], feats["val"], summary

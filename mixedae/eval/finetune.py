@@ -1,9 +1,13 @@
 """End-to-end fine-tuning (MAE's recipe) of a timm VisionTransformer initialised from our encoder.
 
 Model: ``timm.create_model(<arch>, num_classes=C, global_pool="avg", drop_path_rate=0.1, **model_args)``.
-With average pooling timm normalises the pooled tokens with ``fc_norm`` (and ``norm`` is an
-identity), so the encoder's ``norm.*`` is loaded into ``fc_norm.*`` as MAE's fine-tuning does; the
-load is checked: only ``head.*`` may be missing. The head starts at trunc-normal(std 2e-5).
+With average pooling timm normalises the pooled patch tokens with ``fc_norm`` and its ``norm`` is an
+identity. MAE's fine-tuning with ``--global_pool`` does the same: its ``models_vit.VisionTransformer``
+deletes the final ``norm`` and creates a new ``fc_norm``, so the pre-trained ``norm.*`` is left
+unused and ``fc_norm`` starts at the LayerNorm default (weight 1, bias 0; MAE asserts that exactly
+``head.*`` and ``fc_norm.*`` are missing after the load). We do that by default; ``copy_norm=true``
+copies the encoder's ``norm.*`` into ``fc_norm.*`` instead. The load is checked (only ``head.*``,
+and ``fc_norm.*`` unless copied, may be missing). The head starts at trunc-normal(std 2e-5).
 
 Recipe (METHOD.md §5): AdamW (wd 0.05, no decay on norms/biases/tokens) with layer-wise lr decay
 0.65 (timm ``create_optimizer_v2(layer_decay=...)``), lr = blr × global batch / 256, per-step linear
@@ -16,8 +20,13 @@ Pillow >= 12 rejects; our transform gives the black image older Pillow returned 
 Runs in one process or under ``torchrun`` (DDP, gloo on CPU): a ``DistributedSampler`` shards the
 training set, every rank evaluates a disjoint slice of the val split and the counts are summed;
 only rank 0 prints progress and writes ``results.json`` and ``finetuned.pth`` (the last epoch's
-timm model with its architecture and arguments). ``precision=bf16|fp16`` runs the forward pass under
-autocast (fp16 with a GradScaler, CUDA only).
+timm model with its architecture and arguments). Every way to stop early is agreed by all ranks, so
+none is left waiting in a collective until the NCCL timeout: a set-up error on one rank (weights,
+data), a non-finite loss on one rank (checked every step through the all-reduced loss, before the
+backward pass) and an unreadable val image on one rank (the val split is read once before training
+and at every evaluation) make every rank stop with the same one-line error. Unreadable images follow
+:mod:`mixedae.eval.common` (val: error; train: replaced by the next one and counted, as in pre-training).
+``precision=bf16|fp16`` runs the forward pass under autocast (fp16 with a GradScaler, CUDA only).
 """
 
 from __future__ import annotations
@@ -30,12 +39,13 @@ from typing import Any, Literal, Optional, Sequence
 
 import timm
 import torch
+import torch.distributed as dist
 from PIL import Image
 from timm.data import Mixup, auto_augment, create_transform
 from timm.layers import trunc_normal_
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
@@ -47,11 +57,12 @@ from ..errors import UserError
 from ..io import atomic_torch_save
 from ..models import VisionTransformer
 from ..schedule import cosine_lr, set_lr
-from .common import (EvalConfig, data_summary, image_size_for, labelled_splits, load_eval_config, output_dirs,
-                     seed_everything, write_results)
+from .common import (FINETUNE_POLICY, EvalConfig, Unreadable, data_summary, image_size_for, labelled_splits,
+                     load_eval_config, output_dirs, readable_loader, seed_everything, unreadable_error, write_results)
 from .weights import load_encoder, timm_architecture
 
 HEAD_KEYS = ["head.bias", "head.weight"]
+FC_NORM_KEYS = ["fc_norm.bias", "fc_norm.weight"]
 FINETUNED_FILE = "finetuned.pth"  # the last epoch's timm model: {"model": state dict, "architecture", ...}
 
 
@@ -66,6 +77,7 @@ class FinetuneConfig(EvalConfig):
     weight_decay: float = 0.05
     layer_decay: float = 0.65
     drop_path: float = 0.1
+    copy_norm: bool = False  # fc_norm starts as a copy of the encoder's final norm (MAE: fresh; module docstring)
     mixup: float = 0.8
     cutmix: float = 1.0
     smoothing: float = 0.1
@@ -104,49 +116,111 @@ def train_transform(image_size: int, cfg: FinetuneConfig):
     return transform
 
 
-def load_into_timm(model: nn.Module, encoder: VisionTransformer) -> None:
-    """Copy the encoder into a global-average-pooling timm ViT (``norm.*`` → ``fc_norm.*``).
+def load_into_timm(model: nn.Module, encoder: VisionTransformer, copy_norm: bool = False) -> None:
+    """Copy the encoder into a global-average-pooling timm ViT (``norm.*`` dropped, or → ``fc_norm.*``).
 
-    Raises UserError unless exactly the classifier (``head.weight``, ``head.bias``) is left out.
+    Raises UserError unless exactly the classifier (``head.*``) and, without ``copy_norm``, the fresh
+    ``fc_norm.*`` are left out.
     """
-    state = {(f"fc_norm.{k[len('norm.'):]}" if k.startswith("norm.") else k): v for k, v in encoder.state_dict().items()}
+    state = encoder.state_dict()
+    if copy_norm:
+        state = {(f"fc_norm.{k[len('norm.'):]}" if k.startswith("norm.") else k): v for k, v in state.items()}
+    else:
+        state = {k: v for k, v in state.items() if not k.startswith("norm.")}
+    expected = sorted(HEAD_KEYS + ([] if copy_norm else FC_NORM_KEYS))
     result = model.load_state_dict(state, strict=False)
-    if result.unexpected_keys or sorted(result.missing_keys) != HEAD_KEYS:
+    if result.unexpected_keys or sorted(result.missing_keys) != expected:
         raise UserError(f"the encoder does not fit the fine-tuning model: missing {result.missing_keys}, unexpected "
-                        f"{result.unexpected_keys} (only {HEAD_KEYS} may be missing)")
+                        f"{result.unexpected_keys} (only {expected} may be missing)")
 
 
-def finetune_model(encoder: VisionTransformer, num_classes: int, drop_path: float) -> nn.Module:
-    """timm ViT with average pooling and a ``num_classes`` head, initialised from ``encoder``."""
+def finetune_model(encoder: VisionTransformer, num_classes: int, drop_path: float,
+                   copy_norm: bool = False) -> nn.Module:
+    """timm ViT with average pooling and a ``num_classes`` head, initialised from ``encoder`` (``load_into_timm``)."""
     model = timm.create_model(timm_architecture(encoder), pretrained=False, num_classes=num_classes,
                               global_pool="avg", drop_path_rate=drop_path, **encoder.timm_kwargs())
-    load_into_timm(model, encoder)
+    load_into_timm(model, encoder, copy_norm)
     trunc_normal_(model.head.weight, std=2e-5)
     return model
 
 
+def finetune_optimizer(model: nn.Module, cfg: FinetuneConfig, base_lr: float) -> torch.optim.Optimizer:
+    """AdamW with MAE's layer-wise lr decay and weight-decay exclusions (timm ``create_optimizer_v2``).
+
+    Group ``lr_scale`` (applied by ``schedule.set_lr``): ``layer_decay ** (depth + 1 - layer_id)`` with
+    layer_id 0 for ``cls_token``, ``pos_embed``, ``patch_embed.*``, ``i + 1`` for ``blocks.i.*`` and
+    ``depth + 1`` for ``fc_norm.*`` and ``head.*`` (MAE's ``param_groups_lrd``). No weight decay on
+    1-D parameters (norms, biases), ``pos_embed`` and ``cls_token``.
+    """
+    return create_optimizer_v2(model, opt="adamw", lr=base_lr, weight_decay=cfg.weight_decay,
+                               layer_decay=cfg.layer_decay)
+
+
+def agree(error: Optional[Exception]) -> None:
+    """Stop every rank when any rank met an error: that rank raises its own, the others a UserError
+    quoting the lowest failing rank's. A collective under torchrun: every rank calls it at the same point."""
+    if dist.is_available() and dist.is_initialized():
+        message = None if error is None else str(error) if isinstance(error, (UserError, ValueError)) else \
+            f"{type(error).__name__}: {error}"
+        messages: list[Optional[str]] = [None] * dist.get_world_size()
+        dist.all_gather_object(messages, message)
+        first = next((f"process {rank}: {m}" for rank, m in enumerate(messages) if m), None)
+        if error is None and first:
+            raise UserError(first)
+    if error is not None:
+        raise error
+
+
+def agree_readable(unreadable: list[Unreadable], dist_info: DistInfo) -> None:
+    """Stop every rank with one line if any rank met an unreadable val image (a collective)."""
+    total = all_reduce_mean(torch.tensor([float(len(unreadable))], device=dist_info.device)) * dist_info.world_size
+    if total.item() > 0:
+        agree(unreadable_error("val", unreadable, round(total.item())) if unreadable else None)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, dist_info: DistInfo) -> dict[str, float]:
-    """Top-1/top-5 (%), mean loss and image count over the val split, summed over every rank's slice."""
+    """Top-1/top-5 (%), mean loss and image count over the val split, summed over every rank's slice.
+
+    ``loader`` is a :func:`~mixedae.eval.common.readable_loader`; an unreadable image stops every rank.
+    """
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, loss sum, count
-    for imgs, targets in loader:
+    unreadable = []
+    for batch, bad in loader:
+        unreadable += bad
+        if batch is None:
+            continue
+        imgs, targets = batch
         logits, targets = model(imgs.to(device)).float(), targets.to(device)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top5 == targets[:, None]
         sums += torch.tensor([hits[:, 0].sum().item(), hits.any(1).sum().item(),
                               nn.functional.cross_entropy(logits, targets, reduction="sum").item(), len(targets)],
                              dtype=torch.float64)
+    agree_readable(unreadable, dist_info)
     sums = all_reduce_mean(sums.to(device)).cpu() * dist_info.world_size
     count = max(sums[3].item(), 1.0)
     return {"top1": 100 * sums[0].item() / count, "top5": 100 * sums[1].item() / count,
             "val_loss": sums[2].item() / count, "val_images": int(sums[3].item())}
 
 
+def agreed_loss(loss: Tensor, world: int) -> tuple[float, int]:
+    """``(mean of the finite losses over ranks, number of ranks whose loss is not finite)``, on every rank."""
+    finite = torch.isfinite(loss.detach().float())
+    status = torch.stack([torch.where(finite, loss.detach().float(), 0.0), (~finite).float()])
+    total = all_reduce_mean(status) * world
+    bad = round(total[1].item())
+    return total[0].item() / max(world - bad, 1), bad
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                     mixup: Optional[Mixup], cfg: FinetuneConfig, epoch: int, base_lr: float, device: torch.device,
-                    show: bool, scaler: torch.amp.GradScaler) -> float:
-    """One pass over this rank's shard; returns the mean training loss (this rank)."""
+                    show: bool, scaler: torch.amp.GradScaler, world: int = 1) -> float:
+    """One pass over this rank's shard; returns the mean training loss over steps and ranks.
+
+    A non-finite loss on any rank stops every rank before the backward pass (one line naming the step).
+    """
     model.train()
     steps, total = len(loader), 0.0
     bar = tqdm(loader, desc=f"fine-tune epoch {epoch + 1}/{cfg.epochs}", disable=not show, dynamic_ncols=True,
@@ -158,8 +232,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             imgs, targets = mixup(imgs, targets)
         with autocast(cfg.precision, device):
             loss = criterion(model(imgs), targets)
-        if not torch.isfinite(loss):
-            raise UserError(f"fine-tuning loss became {loss.item()} at epoch {epoch + 1}; lower blr or set clip_grad=1.0")
+        mean_loss, bad = agreed_loss(loss, world)
+        if bad:
+            raise UserError(f"fine-tuning loss became non-finite at epoch {epoch + 1} step {step + 1} on {bad} of "
+                            f"{world} process(es) (this one: {loss.item()}); lower blr or set clip_grad=1.0")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.clip_grad is not None:
@@ -167,8 +243,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
         scaler.step(optimizer)
         scaler.update()
-        total += loss.item()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        total += mean_loss
+        bar.set_postfix(loss=f"{mean_loss:.4f}")
     return total / max(steps, 1)
 
 
@@ -180,14 +256,14 @@ def _criterion(cfg: FinetuneConfig, mixup: Optional[Mixup]) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def _finetune(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str | Path],
-              dist_info: DistInfo) -> dict[str, Any]:
-    seed_everything(cfg.seed + dist_info.rank)
+def _prepare(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str | Path], dist_info: DistInfo):
+    """Everything before the first collective: weights, data, loaders, model (may raise UserError)."""
     encoder, info = load_encoder(weights)
     out, _ = output_dirs(info, "finetune", output_dir, cfg.cache_dir)
     size = image_size_for(cfg, encoder)
-    train, val = labelled_splits(cfg, size, train_transform(size, cfg), eval_transform(size))
-    num_classes, world, device = len(train.classes), dist_info.world_size, dist_info.device
+    train, val = labelled_splits(cfg, size, train_transform(size, cfg), eval_transform(size),
+                                 train_unreadable="replace")
+    world = dist_info.world_size
     sampler = DistributedSampler(train, num_replicas=world, rank=dist_info.rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
     train_loader = DataLoader(train, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
@@ -195,13 +271,26 @@ def _finetune(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str
     if len(train_loader) == 0:
         raise UserError(f"the training split has {len(train)} images, fewer than one batch of {cfg.batch_size} per "
                         f"process × {world} process(es); lower batch_size")
-    val_loader = DataLoader(Subset(val, range(dist_info.rank, len(val), world)), batch_size=cfg.extract_batch_size,
-                            num_workers=cfg.data.num_workers)
+    val_loader = readable_loader(Subset(val, range(dist_info.rank, len(val), world)),
+                                 batch_size=cfg.extract_batch_size, num_workers=cfg.data.num_workers)
+    model = finetune_model(encoder, len(train.classes), cfg.drop_path, cfg.copy_norm).to(dist_info.device)
+    return encoder, info, out, train, val, sampler, train_loader, val_loader, model
 
-    model = finetune_model(encoder, num_classes, cfg.drop_path).to(device)
+
+def _finetune(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str | Path],
+              dist_info: DistInfo) -> dict[str, Any]:
+    seed_everything(cfg.seed + dist_info.rank)
+    prepared, error = None, None
+    try:
+        prepared = _prepare(cfg, weights, output_dir, dist_info)
+    except Exception as e:  # re-raised by agree(), once every rank has heard of it
+        error = e
+    agree(error)  # a rank that cannot set up (weights, data) stops them all
+    encoder, info, out, train, val, sampler, train_loader, val_loader, model = prepared
+    agree_readable([u for _, bad in val_loader for u in bad], dist_info)  # read val once: fail before training
+    num_classes, world, device = len(train.classes), dist_info.world_size, dist_info.device
     base_lr = cfg.lr if cfg.lr is not None else cfg.blr * cfg.batch_size * world / 256
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=base_lr, weight_decay=cfg.weight_decay,
-                                    layer_decay=cfg.layer_decay)
+    optimizer = finetune_optimizer(model, cfg, base_lr)
     module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if dist_info.enabled else model
     mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
@@ -214,12 +303,13 @@ def _finetune(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str
     for epoch in range(cfg.epochs):
         sampler.set_epoch(epoch)
         loss = train_one_epoch(module, train_loader, optimizer, criterion, mixup, cfg, epoch, base_lr, device, show,
-                               scaler)
+                               scaler, world)
         record = {"epoch": epoch + 1, "train_loss": loss, **evaluate(model, val_loader, device, dist_info)}
         history.append(record)
         if show:
             print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {loss:.4f}  val top-1 {record['top1']:.2f}%  "
                   f"top-5 {record['top5']:.2f}%", file=sys.stderr)
+    replaced = all_reduce_mean(torch.tensor([float(getattr(train, "num_skipped", 0))], device=device)) * world
     best = max(history, key=lambda h: h["top1"])
     results = {
         "protocol": "finetune",
@@ -230,7 +320,8 @@ def _finetune(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str
         "lr": base_lr,
         "processes": world,
         "history": history,
-        "data": data_summary(cfg, train, val),
+        "data": data_summary(cfg, train, val, {"policy": FINETUNE_POLICY,
+                                               "train_replaced_loads": round(replaced.item())}),
         "time_s": time.time() - start,
     }
     if not dist_info.is_main:

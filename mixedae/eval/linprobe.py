@@ -1,9 +1,12 @@
 """Linear probe (MAE's protocol): frozen cls features → BatchNorm1d(affine=False, eps=1e-6) → Linear.
 
 As in MAE: the head's weight starts at trunc-normal(std 0.01) and its bias at 0; LARS (timm's, with
-momentum 0.9, trust-ratio adaptation on the weight matrix only, as MAE's own LARS); lr = blr × batch /
-256 with a linear warm-up and a cosine decay per step; top-1/top-5 on the val split after every epoch
-(``top1`` is the last epoch's, ``best_top1`` the best over epochs, as MAE prints).
+momentum 0.9, trust ratio 0.001; as MAE's own LARS, the weight matrix gets weight decay and the trust
+ratio, the bias neither, and the BatchNorm has no parameters); lr = blr × batch / 256 with a linear
+warm-up and a cosine decay per step; top-1/top-5 on the val split after every epoch (``top1`` is the
+last epoch's, ``best_top1`` the best over epochs, as MAE prints). With ``weight_decay > 0`` timm's
+trust ratio divides by ``‖g‖ + wd‖w‖`` where MAE's divides by ``‖g + wd·w‖``; at the default (and
+MAE's) weight decay 0 the two updates are the same.
 
 Differences, for small datasets on CPU (all configurable): features are computed once with the
 evaluation transform (no augmentation; see :mod:`mixedae.eval.probe`), and the batch (256 vs 16384),
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.optim import Lars
-from torch import nn
+from torch import Tensor, nn
 
 from ..distributed import resolve_device
 from ..errors import UserError
@@ -67,6 +70,24 @@ def lars(head: nn.Module, lr: float, weight_decay: float, momentum: float) -> La
                  {"params": vectors, "weight_decay": 0.0, "always_adapt": False}], lr=lr, momentum=momentum)
 
 
+def linear_probe(x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor, num_classes: int,
+                 cfg: LinprobeConfig) -> tuple[nn.Sequential, list[dict[str, Any]], float]:
+    """Train the probe on features ``[N, D]`` with labels ``[N]`` (both on the device it should run on).
+
+    Returns ``(head, history, lr)``: the trained head (eval mode), one dict per epoch (``loss``, ``lr``,
+    val ``top1``/``top5``) and the absolute base lr used.
+    """
+    head = linear_head(x_train.shape[1], num_classes).to(x_train.device)
+    base_lr = cfg.lr if cfg.lr is not None else cfg.blr * cfg.batch_size / 256
+    history = train_head(
+        head, x_train, y_train, F.cross_entropy, lars(head, base_lr, cfg.weight_decay, cfg.momentum),
+        epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, base_lr=base_lr,
+        min_lr=cfg.min_lr, seed=cfg.seed, progress=cfg.progress, desc="linear probe",
+        evaluate=lambda: topk_accuracy(head(x_val), y_val),
+    )
+    return head, history, base_lr
+
+
 def run_linprobe(weights: str | Path, data: str, *, overrides: Sequence[str] = (),
                  output_dir: Optional[str | Path] = None) -> dict[str, Any]:
     """Linear probe of ``weights`` on ``data``; writes ``<output_dir>/results.json`` and returns it."""
@@ -78,15 +99,8 @@ def run_linprobe(weights: str | Path, data: str, *, overrides: Sequence[str] = (
     train, val, summary = labelled_features(encoder, info, cfg, cache)
     device = resolve_device(cfg.device)
     x_train, y_train = train["cls"].to(device), train["targets"].to(device)
-    x_val, y_val = val["cls"].to(device), val["targets"].to(device)
-    head = linear_head(x_train.shape[1], summary["num_classes"]).to(device)
-    base_lr = cfg.lr if cfg.lr is not None else cfg.blr * cfg.batch_size / 256
-    history = train_head(
-        head, x_train, y_train, F.cross_entropy, lars(head, base_lr, cfg.weight_decay, cfg.momentum),
-        epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, base_lr=base_lr,
-        min_lr=cfg.min_lr, seed=cfg.seed, progress=cfg.progress, desc="linear probe",
-        evaluate=lambda: topk_accuracy(head(x_val), y_val),
-    )
+    head, history, base_lr = linear_probe(x_train, y_train, val["cls"].to(device), val["targets"].to(device),
+                                          summary["num_classes"], cfg)
     with torch.no_grad():
         train_acc = topk_accuracy(head(x_train), y_train)["top1"]
     last = history[-1]

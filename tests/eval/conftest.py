@@ -1,13 +1,15 @@
-"""A tiny pre-training run folder (as the engine writes it) shared by the evaluation tests."""
+"""A tiny pre-training run folder (as the engine writes it) and a labelled image folder, for the evaluation tests."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from mixedae.models import create_model
 
@@ -31,6 +33,20 @@ def write_run(folder: Path, seed: int = 0) -> Path:
     (folder / "config.yaml").write_text(yaml.safe_dump(state["config"]))
     (folder / "results.json").write_text(json.dumps({"steps": 5}))
     return folder
+
+
+def write_split_folder(root: Path, bad: dict[str, list[str]]) -> Path:
+    """``root/{train,val}/{a,b,c}/<i>.png`` (train 6, val 2 per class); ``bad[split]`` names files made unreadable."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for c in "abc":
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    for split, names in bad.items():
+        for name in names:
+            (root / split / name).write_bytes(b"\x89PNG truncated")
+    return root
 
 
 @pytest.fixture(scope="session")
