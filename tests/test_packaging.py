@@ -24,7 +24,7 @@ def floors() -> dict[str, Version]:
     text = (ROOT / "pyproject.toml").read_text()
     block = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M).group(1)
     out = {}
-    for line in re.findall(r'"([^"]+)"', block):
+    for line in re.findall(r'^\s*"([^"]+)"', block, re.M):  # (not the quotes in comments)
         req = Requirement(line)
         low = [Version(s.version) for s in req.specifier if s.operator in (">=", "==", "~=")]
         out[req.name] = max(low) if low else Version("0")
