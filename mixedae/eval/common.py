@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..config import DataConfig, load_config, to_dict
+from ..config import DataConfig, load_config, require_positive, to_dict
 from ..data import build_dataset, describe_dataset
 from ..errors import UserError
 from ..io import atomic_write_json
@@ -42,6 +42,7 @@ class EvalConfig:
     def validate(self) -> None:
         if self.extract_batch_size < 1:
             raise UserError(f"extract_batch_size must be >= 1, got {self.extract_batch_size}")
+        require_positive(self, tuple(n for n in ("lr", "blr") if hasattr(self, n)))  # a protocol's learning rates
 
 
 def load_eval_config(cls: type, data: str, overrides: Sequence[str] = (), extra: Optional[dict] = None) -> Any:
@@ -95,8 +96,10 @@ def labelled_splits(cfg: EvalConfig, image_size: int, train_transform: Callable,
     opts = dict(image_size=image_size, num_samples=cfg.data.num_samples, seed=cfg.data.seed, require_labels=True)
     train = build_dataset(cfg.data.spec, "train", train_transform, **opts)
     val = build_dataset(cfg.data.spec, "val", val_transform, **opts)
-    if not train.classes:
-        raise UserError(f"{cfg.data.spec} has no image-level classes; supervised protocols need <root>/<class>/*.jpg")
+    if len(train.classes) < 2:
+        found = f"only one class ({train.classes[0]!r})" if train.classes else "no image-level classes"
+        raise UserError(f"{cfg.data.spec} has {found}; supervised protocols need two or more classes: "
+                        "<root>/<class>/*.jpg")
     return train, val
 
 
