@@ -99,7 +99,8 @@ def saved_step(path: Path) -> int:
 
 def test_two_nodes_equal_one_process_write_once_and_resume_after_a_kill(tmp_path, monkeypatch):
     archive = image_archive(tmp_path)  # 128 images, 116 after the 10 % hold-out: 7 steps of 16 per epoch
-    args = ["pretrain", "--data", str(archive), *COMMON, "train.epochs=3", "train.batch_size=8"]
+    # every launch is the same command (the README's): a fresh start, or a restart after a kill, alike
+    args = ["pretrain", "--data", str(archive), *COMMON, "train.epochs=3", "train.batch_size=8", "--resume", "auto"]
 
     monkeypatch.setenv("MIXEDAE_CACHE", str(tmp_path / "cache-one"))
     total = pretrain(config(tmp_path / "one", *SETTINGS, f"data.spec={archive}", "train.epochs=3",
@@ -111,6 +112,7 @@ def test_two_nodes_equal_one_process_write_once_and_resume_after_a_kill(tmp_path
     nodes = Nodes([tmp_path / "n0", tmp_path / "n1"], [*args, "--output-dir", str(two)], envs, "full")
     assert nodes.wait() == [0, 0], nodes.stderr(0)[-3000:] + nodes.stderr(1)[-3000:]
     assert "2 process(es)" in nodes.stderr(0) and "2 process(es)" not in nodes.stderr(1)  # rank 0 logs
+    assert "resumed" not in nodes.stderr(0)  # --resume auto without a last.pt: a fresh start
     assert not (tmp_path / "writes1.txt").exists(), (tmp_path / "writes1.txt").read_text()  # rank 1 wrote nothing
     for i in range(2):  # each node extracted the archive into its own cache, completely, once
         trees = list((tmp_path / f"cache{i}" / "archives").iterdir())
@@ -130,7 +132,7 @@ def test_two_nodes_equal_one_process_write_once_and_resume_after_a_kill(tmp_path
     nodes.wait(until=lambda: saved_step(killed / "last.pt") >= 4)
     at = saved_step(killed / "last.pt")
     assert 4 <= at < total, at
-    nodes = Nodes([tmp_path / "n0", tmp_path / "n1"], [*run, "--resume", "auto"], envs, "resumed")
+    nodes = Nodes([tmp_path / "n0", tmp_path / "n1"], run, envs, "resumed")
     assert nodes.wait() == [0, 0], nodes.stderr(0)[-3000:] + nodes.stderr(1)[-3000:]
     assert f"resumed at step {at}" in nodes.stderr(0)
     assert not (tmp_path / "writes1.txt").exists(), (tmp_path / "writes1.txt").read_text()
