@@ -171,9 +171,3 @@ def test_resume_auto_follows_rank_0_when_the_nodes_see_different_files(tmp_path)
     assert 0 not in nodes.wait(timeout=120)
     for i in range(2):
         assert "error: rank 1 cannot read run/last.pt, which rank 0 resumes from" in nodes.stderr(i), nodes.stderr(i)
-
-    # the fix the message suggests: copy the run folder to every node
-    shutil.copytree(n0 / "run", n1 / "run", dirs_exist_ok=True)
-    nodes = Nodes([n0, n1], [*args, "train.max_steps=4"], envs, "copied")
-    assert nodes.wait() == [0, 0], nodes.stderr(0)[-3000:] + nodes.stderr(1)[-3000:]
-    assert "resumed at step 3" in nodes.stderr(0) and saved_step(n0 / "run" / "last.pt") == 4
