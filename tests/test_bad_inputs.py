@@ -133,6 +133,9 @@ def world(tmp_path_factory) -> World:
     (w.broken / "b" / "zero.jpg").write_bytes(b"")
     (w.broken / "b" / "notes.jpg").write_text("not an image at all")
     (w.broken / "b" / "readme.txt").write_text("ignored: not an image extension")
+    for split in ("train", "val"):
+        image_tree(w.broken_val / split, per_class=6 if split == "train" else 2, seed=len(split))
+    (w.broken_val / "val" / "a" / "corrupt.jpg").write_bytes(np.random.default_rng(4).bytes(600))
     w.empty.mkdir()
     for c in ("a", "b"):
         (w.empty_classes / c).mkdir(parents=True)
@@ -223,12 +226,13 @@ def knn_used(count_train: int) -> Callable[[World, Path], None]:
 
 
 def unreadable_counted(w: World, t: Path) -> None:
-    """The unreadable images are reported in results.json (under a key naming them), not silently replaced."""
-    def counts(obj, key=""):
+    """The unreadable images are reported in results.json (numbers under a key naming them), not silently
+    replaced."""
+    def counts(obj, path=""):
         if isinstance(obj, dict):
             for k, v in obj.items():
-                yield from counts(v, k)
-        elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and ("unreadable" in key or "skip" in key):
+                yield from counts(v, f"{path}.{k}")
+        elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and ("unreadable" in path or "skip" in path):
             yield obj
     assert sum(counts(results(t))) >= 4
 
@@ -316,9 +320,11 @@ CASES = [
     # --- evaluation: data and options
     Case("knn-mixed-image-modes-are-used", ev("knn", "{run}", "{root}/mixed"), check=knn_used(26)),
     Case("linprobe-mixed-image-modes-are-used", ev("linprobe", "{run}", "{root}/mixed")),
-    Case("knn-unreadable-images", ev("knn", "{run}", "{root}/broken"), says=("unreadable",), either=True,
+    Case("knn-unreadable-images", ev("knn", "{run}", "{root}/broken"), says=("cannot be read",), either=True,
          check=unreadable_counted, marks=(EVALFIX,)),
-    Case("linprobe-unreadable-images", ev("linprobe", "{run}", "{root}/broken"), says=("unreadable",), either=True,
+    Case("linprobe-unreadable-images", ev("linprobe", "{run}", "{root}/broken"), says=("cannot be read",), either=True,
+         check=unreadable_counted, marks=(EVALFIX,)),
+    Case("knn-unreadable-val-image", ev("knn", "{run}", "{root}/broken_val"), says=("cannot be read",), either=True,
          check=unreadable_counted, marks=(EVALFIX,)),
     Case("knn-empty-folder", ev("knn", "{run}", "{root}/empty"), says=("no images",)),
     Case("knn-one-class", ev("knn", "{run}", "{root}/one_class"), says=("one class", "two")),
