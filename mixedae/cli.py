@@ -2,13 +2,15 @@
 
 Each sub-command lives in ``mixedae/commands/<group>.py`` as a ``register(subparsers)`` function
 that adds its parser and sets ``func``; this module only dispatches and turns user mistakes
-(:class:`~mixedae.errors.UserError`, ``ValueError``) into one line on stderr and exit status 2.
-Set ``MIXEDAE_DEBUG=1`` to see the full traceback instead.
+(:class:`~mixedae.errors.UserError`, ``ValueError``) into one line on stderr and exit status 2; so
+are the filesystem's refusals (a full disk, a read-only or forbidden folder, a file in the way of a
+folder), which the user fixes outside mixedae. Set ``MIXEDAE_DEBUG=1`` to see the full traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from typing import Optional, Sequence
@@ -18,6 +20,23 @@ from .commands import evaluate, pretrain, visualize
 from .errors import UserError
 
 COMMAND_GROUPS = (pretrain, evaluate, visualize)
+ELSEWHERE = "or write somewhere else (--output-dir / --out)"
+FILESYSTEM_HINTS = {
+    errno.ENOSPC: f"free some space {ELSEWHERE}", errno.EDQUOT: f"free some space {ELSEWHERE}",
+    errno.EFBIG: f"free some space {ELSEWHERE}", errno.EROFS: "write to a writable folder (--output-dir / --out)",
+    errno.EACCES: f"make it writable {ELSEWHERE}", errno.EPERM: f"make it writable {ELSEWHERE}",
+    errno.EEXIST: f"a file is in the way of a folder: remove it {ELSEWHERE}",
+    errno.ENOTDIR: f"part of the path is a file, not a folder: {ELSEWHERE.removeprefix('or ')}",
+}
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line; for an error re-raised from a DataLoader worker, the original message
+    (PyTorch prefixes it with the worker's traceback)."""
+    text = str(error)
+    if "\nOriginal Traceback" in text:  # last line: "<module>.<ErrorType>: <message>"
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split()) or type(error).__name__
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -57,8 +76,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UserError, ValueError) as e:
         if os.environ.get("MIXEDAE_DEBUG"):
             raise
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"mixedae {args.command}: error: {message}", file=sys.stderr)
+        print(f"mixedae {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if os.environ.get("MIXEDAE_DEBUG") or e.errno not in FILESYSTEM_HINTS:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"mixedae {args.command}: error: {e.strerror}{where}; {FILESYSTEM_HINTS[e.errno]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mixedae {args.command}: interrupted", file=sys.stderr)

@@ -100,6 +100,14 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     return obj
 
 
+def require_positive(cfg: Any, names: tuple[str, ...], prefix: str = "") -> None:
+    """UserError unless each named number of ``cfg`` is None or > 0 (learning rates and the like)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:
+            raise UserError(f"{prefix}{name} must be > 0, got {value}; pass a positive value")
+
+
 def to_dict(cfg: Any) -> dict:
     """The fully resolved config as plain nested dicts (YAML/JSON-serialisable)."""
     return dataclasses.asdict(cfg)
@@ -238,6 +246,7 @@ class OptimConfig:
     def validate(self) -> None:
         if len(self.betas) != 2:
             raise UserError(f"optim.betas must hold two numbers, got {self.betas}")
+        require_positive(self, ("blr", "lr"), "optim.")
 
 
 @dataclass

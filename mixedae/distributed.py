@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from .errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -36,8 +41,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            from .errors import UserError
-
             raise UserError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
@@ -55,14 +58,18 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if _initialized():
         dist.destroy_process_group()
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     """Mean of a tensor over all ranks (identity in a single process)."""
-    if dist.is_available() and dist.is_initialized():
+    if _initialized():
         value = value.clone()
         dist.all_reduce(value)
         value /= dist.get_world_size()
@@ -70,5 +77,40 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if _initialized():
         dist.barrier()
+
+
+def decide_on_main(decide: Callable[[], T]) -> T:
+    """Run ``decide()`` on rank 0 only and hand its result to every rank (collective).
+
+    Ranks on nodes without a shared filesystem can see different files; what rank 0 sees wins. If
+    ``decide`` raises a :class:`UserError` on rank 0, every rank raises it, so none is left waiting.
+    The result must be picklable.
+    """
+    if not _initialized():
+        return decide()
+    box: list[Any] = [None]
+    failure = None
+    if dist.get_rank() == 0:
+        try:
+            box = [("ok", decide())]
+        except Exception as e:  # tell the other ranks before raising, so none waits for a result
+            failure = e
+            box = [("user" if isinstance(e, UserError) else "crash", str(e))]
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if failure is not None:
+        raise failure
+    if kind != "ok":
+        raise UserError(value) if kind == "user" else RuntimeError(f"rank 0 failed: {value}")
+    return value
+
+
+def all_gather(obj: T) -> list[T]:
+    """Every rank's ``obj`` in rank order (collective; ``[obj]`` in a single process)."""
+    if not _initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

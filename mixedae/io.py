@@ -34,9 +34,22 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def _torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a Python file, so a failed write (a full disk) raises the OSError it is
+    rather than torch's RuntimeError."""
+    with open(path, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:
+            cause = e.__context__
+            if isinstance(cause, OSError):
+                raise OSError(cause.errno, cause.strerror, str(path)) from None
+            raise
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` that replaces ``path`` only once the new file is complete."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: _torch_save(obj, tmp))
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:

@@ -106,9 +106,16 @@ def detect_layout(root: Path) -> str:
                     "point --data at <root>/<class>/*.jpg, a folder of images, or images/ + annotations/")
 
 
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I")  # 16-bit grey PNG/TIFF (PIL's "I" holds them too)
+
+
 def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image fully (truncated files raise) and return it as RGB."""
+    """Decode an image fully (truncated files raise) and return it as RGB. 16-bit grey is scaled to
+    8 bits (``v / 257``); PIL's own conversion would clip every value above 255 to white."""
     with Image.open(path) as image:
+        if image.mode in HIGH_DEPTH_MODES:
+            grey = np.clip(np.round(np.asarray(image, dtype=np.float64) / 257), 0, 255).astype(np.uint8)
+            return Image.fromarray(grey, "L").convert("RGB")
         return image.convert("RGB")
 
 
@@ -271,6 +278,10 @@ class SegmentationFolder(torch.utils.data.Dataset):
         """``{"image": PIL RGB, "mask": np.int64 [H, W]}`` for pair ``index``."""
         image_path, label_path = self.pairs[index]
         image, mask = load_rgb(image_path), read_label(label_path)
+        beyond = mask[(mask >= self.num_classes) & (mask != self.ignore_index)]
+        if beyond.size:
+            raise UserError(f"{label_path} holds label {int(beyond.max())} but num_classes={self.num_classes}; pass "
+                            f"num_classes={int(beyond.max()) + 1} or mark those pixels {self.ignore_index} (ignored)")
         if mask.shape != (image.height, image.width):
             raise UserError(f"{label_path} is {mask.shape[1]}x{mask.shape[0]} but {image_path} is "
                             f"{image.width}x{image.height}; labels must match their image's size")

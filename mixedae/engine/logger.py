@@ -1,49 +1,75 @@
-"""Run logging on rank 0: ``metrics.jsonl`` (one JSON object a line) and TensorBoard events."""
+"""Run logging on rank 0: ``metrics.jsonl`` (one JSON object a line) and TensorBoard events.
+
+``metrics.jsonl`` is append-only: each record goes to the file in one ``write`` on an ``O_APPEND``
+descriptor (no user-space buffer), so a kill loses at most the line being written. A run that
+starts at step ``s`` (a resume, or ``s = 0`` for a fresh start in an old folder) first drops the
+rows past ``s`` by writing a trimmed copy beside the file and renaming it over the original, never
+by editing the file in place: a reader (``mixedae report``, ``tail -f``) sees either the old rows
+or the trimmed ones, never a half-rewritten file, and the curves never hold one step twice.
+TensorBoard events past ``s`` are hidden the same way (``SummaryWriter(purge_step=s + 1)``).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Optional
+
+from ..io import atomic_write_text
+
+
+def _parse(line: str) -> Optional[dict]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None  # a line cut by a kill
+    return record if isinstance(record, dict) else None
+
+
+def trim_after(path: Path, step: int) -> None:
+    """Keep only the complete records of ``path`` with ``step <= step``; atomic (copy + rename)."""
+    if not path.exists():
+        return
+    text = path.read_text(errors="replace")
+    lines = text.splitlines()
+    kept = [line for line in lines if (r := _parse(line)) is not None and r.get("step", 0) <= step]
+    if len(kept) == len(lines) and (not text or text.endswith("\n")):
+        return  # nothing to drop and no cut last line: leave the file untouched
+    atomic_write_text("".join(line + "\n" for line in kept), path)
 
 
 class MetricsLogger:
     """Appends records to ``<run>/metrics.jsonl`` and mirrors numbers to ``<run>/tb``.
 
-    On resume, :meth:`truncate_after` drops records past the resumed step so the file never holds
-    two histories.
+    Args:
+        run_dir: the run folder (must exist).
+        tensorboard: also write TensorBoard scalars.
+        start_step: the step training continues from; records past it are dropped first.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool = True, start_step: int = 0) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
+        trim_after(self.path, start_step)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(Path(run_dir) / "tb"))
-
-    def truncate_after(self, step: int) -> None:
-        if not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if record.get("step", 0) <= step:
-                kept.append(line)
-        self.path.write_text("".join(k + "\n" for k in kept))
+            self.writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1)
 
     def log(self, record: dict, tb_prefix: Optional[str] = "train") -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        data = (json.dumps(record, sort_keys=True) + "\n").encode()
+        written = os.write(self._fd, data)  # one system call; a regular file takes it whole
+        while written < len(data):  # (a short write only on a full disk or a signal)
+            written += os.write(self._fd, data[written:])
         if self.writer is not None and tb_prefix:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("step", "epoch") and math.isfinite(value):
                     self.writer.add_scalar(f"{tb_prefix}/{key}", value, record.get("step", 0))
 
     def close(self) -> None:
+        os.close(self._fd)
         if self.writer is not None:
             self.writer.close()

@@ -27,12 +27,13 @@ from ..amp import autocast, check_precision, grad_scaler
 from ..config import PretrainConfig, to_dict
 from ..data import build_dataset, describe_dataset
 from ..data.transforms import pretrain_transform
-from ..distributed import DistInfo, all_reduce_mean, barrier, cleanup_distributed, init_distributed
+from ..distributed import DistInfo, all_reduce_mean, barrier, cleanup_distributed, decide_on_main, init_distributed
 from ..errors import UserError
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
 from ..models import create_model
 from ..schedule import cosine_lr, set_lr
-from .checkpoint import FORMAT_VERSION, gather_rng_states, load_training_checkpoint, set_rng_state
+from .checkpoint import (FORMAT_VERSION, BatchLayout, gather_rng_states, load_resume_checkpoint, saved_batch_layout,
+                         set_rng_state)
 from .logger import MetricsLogger
 from .optim import build_optimizer
 from .sampling import GlobalBatchSampler, SeededAugmentation, step_noise
@@ -45,7 +46,11 @@ class TrainingDiverged(UserError):
 
 
 def resolve_resume(resume: Optional[str], run_dir: Path) -> Optional[Path]:
-    """``auto`` → ``<run>/last.pt`` if it exists (else a fresh start); a path must exist."""
+    """``auto`` → ``<run>/last.pt`` if it exists (else a fresh start); a path must exist.
+
+    Looks at this process's filesystem: under torchrun, :class:`Pretrainer` asks rank 0 only and
+    hands its answer to every rank.
+    """
     if resume is None:
         return None
     if resume == "auto":
@@ -66,15 +71,23 @@ def memory_mb(device: torch.device) -> float:
 
 
 class Pretrainer:
-    """Holds the state of one pre-training run; :meth:`run` trains to the end and returns results."""
+    """Holds the state of one pre-training run; :meth:`run` trains to the end and returns results.
+
+    Resuming (``resume``: ``auto``, a run folder or a checkpoint) is decided by rank 0 and every rank
+    then loads that file (one error line if a rank cannot). It refuses a checkpoint written with
+    another split of the effective batch (processes × ``train.batch_size`` × ``train.accum_steps``):
+    that changes the steps per epoch, the data position and the lr. ``resume_anyway=True`` continues
+    regardless, at the saved step count under the new batch (not a reproduction of the original run).
+    """
 
     def __init__(self, cfg: PretrainConfig, dist_info: DistInfo, resume: Optional[str] = None,
-                 epoch_hooks: Sequence[EpochHook] = ()) -> None:
+                 epoch_hooks: Sequence[EpochHook] = (), resume_anyway: bool = False) -> None:
         self.cfg, self.dist, self.hooks = cfg, dist_info, tuple(epoch_hooks)
         self.device = dist_info.device
         self.run_dir = Path(cfg.output_dir)
-        self.resume_path = resolve_resume(resume, self.run_dir)
-        resume_ckpt = load_training_checkpoint(self.resume_path) if self.resume_path else None
+        self.resume_anyway = resume_anyway
+        self.resume_path = decide_on_main(lambda: resolve_resume(resume, self.run_dir))
+        resume_ckpt = load_resume_checkpoint(self.resume_path) if self.resume_path else None
 
         tc = cfg.train
         torch.manual_seed(tc.seed + dist_info.rank)
@@ -92,8 +105,9 @@ class Pretrainer:
         self.dataset = build_dataset(
             cfg.data.spec, "train", image_size=self.image_size, num_samples=cfg.data.num_samples, seed=cfg.data.seed
         )
+        self.layout = BatchLayout(dist_info.world_size, tc.batch_size, tc.accum_steps)
         self.world_batch = tc.batch_size * dist_info.world_size
-        self.eff_batch = self.world_batch * tc.accum_steps
+        self.eff_batch = self.layout.effective
         self.steps_per_epoch = len(self.dataset) // self.eff_batch
         if self.steps_per_epoch == 0:
             raise UserError(
@@ -130,6 +144,7 @@ class Pretrainer:
                 f"{self.resume_path} was written for another model ({diff}); "
                 "resume with the run's own config.yaml or start a new --output-dir"
             )
+        self._check_batch_layout(saved_batch_layout(ckpt), int(ckpt["step"]))
         self.model.load_state_dict(ckpt["model"], strict=True)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
@@ -137,7 +152,22 @@ class Pretrainer:
         self.step = int(ckpt["step"])
         rng = ckpt.get("rng") or []
         if self.dist.rank < len(rng):
-            set_rng_state(rng[self.dist.rank])
+            set_rng_state(rng[self.dist.rank], self.device)
+
+    def _check_batch_layout(self, saved: Optional[BatchLayout], step: int) -> None:
+        """Refuse (or, with ``resume_anyway``, warn about) another split of the effective batch."""
+        changes = saved.changes_to(self.layout) if saved is not None else []
+        if not changes:
+            return
+        what = f"{self.resume_path} was trained with {saved}, this run has {self.layout} ({'; '.join(changes)})"
+        if not self.resume_anyway:
+            raise UserError(
+                f"{what}: the steps per epoch, the data position and the lr would not match; resume with the "
+                "same processes × train.batch_size and train.accum_steps, or pass --resume-anyway"
+            )
+        if self.dist.is_main:
+            print(f"warning: --resume-anyway: {what}; continuing at step {step} with the new batch",
+                  file=sys.stderr)
 
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
         return {
@@ -149,7 +179,8 @@ class Pretrainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "epoch": epoch,
             "step": self.step,
-            "rng": gather_rng_states(),
+            "batch": self.layout.as_dict(),
+            "rng": gather_rng_states(self.device),
         }
 
     def save(self, epoch: int, numbered: bool) -> None:
@@ -262,8 +293,7 @@ class Pretrainer:
                 f"{self.device}" + (f" | resumed at step {self.step} from {self.resume_path}" if self.step else ""),
                 file=sys.stderr,
             )
-            self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.log.tensorboard)
-            self.logger.truncate_after(self.step)
+            self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.log.tensorboard, start_step=self.step)
         start_time, start_step, last = time.time(), self.step, {}
         while self.step < self.last_step:
             epoch = self.step // self.steps_per_epoch
@@ -295,10 +325,12 @@ class Pretrainer:
         return results
 
 
-def pretrain(cfg: PretrainConfig, resume: Optional[str] = None, epoch_hooks: Sequence[EpochHook] = ()) -> dict:
-    """Run pre-training as configured (joins the torchrun group when launched by torchrun)."""
+def pretrain(cfg: PretrainConfig, resume: Optional[str] = None, epoch_hooks: Sequence[EpochHook] = (),
+             resume_anyway: bool = False) -> dict:
+    """Run pre-training as configured (joins the torchrun group when launched by torchrun); ``resume`` and
+    ``resume_anyway`` as in :class:`Pretrainer`."""
     dist_info = init_distributed(cfg.train.device)
     try:
-        return Pretrainer(cfg, dist_info, resume=resume, epoch_hooks=epoch_hooks).run()
+        return Pretrainer(cfg, dist_info, resume=resume, epoch_hooks=epoch_hooks, resume_anyway=resume_anyway).run()
     finally:
         cleanup_distributed()

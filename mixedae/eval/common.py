@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from ..config import DataConfig, load_config, to_dict
+from ..config import DataConfig, load_config, require_positive, to_dict
 from ..data import UnreadableImage, build_dataset, describe_dataset
 from ..errors import UserError
 from ..io import atomic_write_json
@@ -56,6 +56,7 @@ class EvalConfig:
     def validate(self) -> None:
         if self.extract_batch_size < 1:
             raise UserError(f"extract_batch_size must be >= 1, got {self.extract_batch_size}")
+        require_positive(self, tuple(n for n in ("lr", "blr") if hasattr(self, n)))  # a protocol's learning rates
 
 
 def load_eval_config(cls: type, data: str, overrides: Sequence[str] = (), extra: Optional[dict] = None) -> Any:
@@ -114,8 +115,10 @@ def labelled_splits(cfg: EvalConfig, image_size: int, train_transform: Callable,
     opts = dict(image_size=image_size, num_samples=cfg.data.num_samples, seed=cfg.data.seed, require_labels=True)
     train = build_dataset(cfg.data.spec, "train", train_transform, unreadable=train_unreadable, **opts)
     val = build_dataset(cfg.data.spec, "val", val_transform, unreadable="raise", **opts)
-    if not train.classes:
-        raise UserError(f"{cfg.data.spec} has no image-level classes; supervised protocols need <root>/<class>/*.jpg")
+    if len(train.classes) < 2:
+        found = f"only one class ({train.classes[0]!r})" if train.classes else "no image-level classes"
+        raise UserError(f"{cfg.data.spec} has {found}; supervised protocols need two or more classes: "
+                        "<root>/<class>/*.jpg")
     return train, val
 
 

@@ -1,6 +1,9 @@
 import io
+import multiprocessing
 import os
+import shutil
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -86,7 +89,8 @@ def test_path_traversal_is_refused(tmp_path, cache):
     with pytest.raises(UserError, match="cannot extract"):
         extract_archive(archive)
     assert not list(tmp_path.rglob("escaped.txt"))
-    assert not list((cache / "archives").iterdir())  # neither a trusted tree nor a leftover partial one
+    left = [p.name for p in (cache / "archives").iterdir() if not p.name.endswith(".lock")]  # (empty lock files stay)
+    assert not left  # neither a trusted tree nor a leftover partial one
 
 
 def test_corrupt_archive_is_a_user_error(tmp_path, cache):
@@ -99,3 +103,96 @@ def test_default_cache_location(monkeypatch, tmp_path):
     monkeypatch.delenv("MIXEDAE_CACHE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert cache_dir() == tmp_path / ".cache" / "mixedae"
+
+
+def _extract_in_child(archive: Path, counter: Path, result: Path) -> None:
+    """Child process: extract ``archive``, noting in ``counter`` every extraction it performs itself."""
+    original = tarfile.TarFile.extractall
+
+    def slow_counting(self, *args, **kwargs):
+        with counter.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)  # long enough for the other processes to arrive while this one works
+        return original(self, *args, **kwargs)
+
+    tarfile.TarFile.extractall = slow_counting
+    root = extract_archive(archive)
+    result.write_text(f"{root}|{len(list(root.rglob('*.png')))}")
+
+
+def test_one_process_per_node_extracts_while_the_others_wait(tmp_path, cache, class_tree):
+    """Three processes of one node (no process group) ask for the same archive at once: one extracts,
+    the others wait and reuse its tree."""
+    archive = _pack(class_tree(tmp_path / "src", {"a": 3, "b": 2}), tmp_path / "d.tar.gz", arcname="d")
+    counter = tmp_path / "extractions.txt"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_extract_in_child, args=(archive, counter, tmp_path / f"result{i}"))
+             for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert len(counter.read_text().splitlines()) == 1
+    results = {(tmp_path / f"result{i}").read_text() for i in range(3)}
+    assert len(results) == 1 and results.pop().endswith("|5")
+
+
+def test_half_extracted_folders_of_killed_runs_are_removed(tmp_path, cache, class_tree):
+    archive = _pack(class_tree(tmp_path / "src", {"a": 2}), tmp_path / "d.tar", arcname="d")
+    archives = cache / "archives"
+    target = Path(str(extract_archive(archive))).parent  # <cache>/archives/d-<key>
+    shutil.rmtree(target)  # as if it had never finished
+    leftovers = [archives / f".partial-{target.name}-k1ll3d00", archives / ".partial-abcd_123"]  # now, and older
+    other = archives / ".partial-other-0123456789abcdef-x1y2z3w4"  # another archive's: not ours to touch
+    for folder in (*leftovers, other):
+        (folder / "d").mkdir(parents=True)
+        (folder / "d" / "half.png").write_bytes(b"\x89PNG")
+    assert len(list(extract_archive(archive).rglob("*.png"))) == 2
+    assert not any(p.exists() for p in leftovers) and other.exists()
+
+
+@pytest.fixture
+def python_without_tar_filters(monkeypatch):
+    """Simulate Python < 3.10.12 / 3.11.4: no tarfile.data_filter, extractall takes no filter=."""
+    monkeypatch.delattr(tarfile, "data_filter")
+    original = tarfile.TarFile.extractall
+
+    def old_extractall(self, path=".", members=None, *, numeric_owner=False, **kwargs):
+        if kwargs:
+            raise TypeError(f"extractall() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        return original(self, path, members, numeric_owner=numeric_owner, filter="fully_trusted")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", old_extractall)
+
+
+def _tar_with(archive: Path, *infos: tarfile.TarInfo) -> Path:
+    with tarfile.open(archive, "w") as tar:
+        for info in infos:
+            tar.addfile(info, io.BytesIO(b"x" * info.size) if info.isfile() else None)
+    return archive
+
+
+def _info(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "", size: int = 1) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, linkname, size if kind == tarfile.REGTYPE else 0
+    return info
+
+
+@pytest.mark.parametrize("evil", [
+    _info("../escaped.txt"), _info("/tmp/absolute-escape.txt"), _info("d/../../escaped.txt"),
+    _info("d/link", tarfile.SYMTYPE, "/etc/passwd"), _info("d/hard", tarfile.LNKTYPE, "../../etc/passwd"),
+    _info("d/fifo", tarfile.FIFOTYPE),
+])
+def test_older_pythons_still_refuse_unsafe_members(tmp_path, cache, python_without_tar_filters, evil):
+    archive = _tar_with(tmp_path / "evil.tar", _info("d/ok.txt"), evil)
+    with pytest.raises(UserError, match="cannot extract"):
+        extract_archive(archive)
+    assert not (tmp_path / "escaped.txt").exists() and not Path("/tmp/absolute-escape.txt").exists()
+    assert not [p for p in (cache / "archives").iterdir() if not p.name.endswith(".lock")]
+
+
+def test_older_pythons_extract_a_normal_archive(tmp_path, cache, class_tree, python_without_tar_filters):
+    archive = _pack(class_tree(tmp_path / "src", {"a": 3}), tmp_path / "ok.tar.gz", arcname="ok")
+    root = extract_archive(archive)
+    assert root.name == "ok" and len(list(root.rglob("*.png"))) == 3

@@ -48,6 +48,18 @@ def assert_same_training(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
         torch.testing.assert_close(x, y, rtol=0, atol=atol, msg=key)
 
 
+def assert_same_gradients(run_a: Path, run_b: Path) -> None:
+    """Step by step, the two runs log the same loss and gradient norm. AdamW ignores a constant scale of
+    the gradient, so equal weights alone cannot show that micro-batches and ranks are averaged (not
+    summed); the logged norm (before clipping) can."""
+    rows = [[r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("kind") != "epoch"]
+            for run in (run_a, run_b)]
+    assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] and rows[0]
+    for a, b in zip(*rows):
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4), (a["step"], a["grad_norm"], b["grad_norm"])
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a["step"], a["loss"], b["loss"])
+
+
 def cli(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mixedae", *args], env=ENV, capture_output=True, text=True, **kw)
 
@@ -71,11 +83,12 @@ def test_run_folder_contents(tmp_path):
 
 
 def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
-    common = ["data.num_samples=64", "train.max_steps=3", "optim.lr=1e-3"]
+    common = ["data.num_samples=64", "train.max_steps=3", "optim.lr=1e-3", "log.every_steps=1"]
     pretrain(config(tmp_path / "big", *common, "train.batch_size=16"))
     pretrain(config(tmp_path / "acc", *common, "train.batch_size=8", "train.accum_steps=2"))
     big = weights(tmp_path / "big" / "last.pt")
     assert_same_training(weights(tmp_path / "acc" / "last.pt"), big)
+    assert_same_gradients(tmp_path / "acc", tmp_path / "big")
     # not vacuous: the three steps did move the weights away from where one step leaves them
     pretrain(config(tmp_path / "one", "data.num_samples=64", "train.max_steps=1", "optim.lr=1e-3",
                     "train.batch_size=16"))
@@ -85,7 +98,9 @@ def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
 
 @pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_with_the_global_batch(tmp_path):
-    common = [*TINY, "data.num_samples=64", "train.max_steps=3", "optim.lr=1e-3", "--data", "synthetic"]
+    # optim.blr: lr = blr × effective batch / 256 = 0.016 × 16 / 256 = 0.001 for both runs
+    common = [*TINY, "data.num_samples=64", "train.max_steps=3", "optim.blr=0.016", "log.every_steps=1",
+              "--data", "synthetic"]
     single = cli("pretrain", "--output-dir", str(tmp_path / "one"), *common, "train.batch_size=16")
     assert single.returncode == 0, single.stderr[-2000:]
     dist = subprocess.run(
@@ -95,15 +110,29 @@ def test_two_gloo_processes_equal_one_process_with_the_global_batch(tmp_path):
     )
     assert dist.returncode == 0, dist.stderr[-3000:]
     assert "2 process(es)" in dist.stderr
+    assert "effective batch 16 | lr 0.001 |" in dist.stderr and "effective batch 16 | lr 0.001 |" in single.stderr
     assert_same_training(weights(tmp_path / "two" / "last.pt"), weights(tmp_path / "one" / "last.pt"))
+    assert_same_gradients(tmp_path / "two", tmp_path / "one")
     ckpt = torch.load(tmp_path / "two" / "last.pt", map_location="cpu", weights_only=True)
     assert len(ckpt["rng"]) == 2  # every rank's RNG state is kept
+
+
+def test_lr_is_blr_times_the_effective_batch_over_256(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["pretrain", "--data", "synthetic", "--output-dir", str(out), *TINY, "data.num_samples=64",
+               "train.batch_size=8", "train.accum_steps=2", "optim.blr=0.064", "optim.warmup_epochs=0",
+               "train.max_steps=2", "log.every_steps=1", "log.recon_every_epochs=100"])
+    assert rc == 0
+    # 1 process × 8 images × 2 accumulated micro-batches = 16 images per step: 0.064 × 16 / 256 = 0.004
+    assert "effective batch 16 | lr 0.004 |" in capsys.readouterr().err
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1 and first["lr"] == pytest.approx(0.004, rel=1e-12)  # no warm-up: the peak lr
 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_is_bit_exact(tmp_path):
     args = [*TINY, "--data", "synthetic", "data.num_samples=256", "train.batch_size=8", "train.epochs=2",
-            "checkpoint.every_steps=1", "log.recon_every_epochs=100"]
+            "checkpoint.every_steps=1", "log.every_steps=1", "log.recon_every_epochs=100"]
     ref = cli("pretrain", "--output-dir", str(tmp_path / "ref"), *args)
     assert ref.returncode == 0, ref.stderr[-2000:]
 
@@ -132,8 +161,8 @@ def test_sigkill_mid_run_then_resume_is_bit_exact(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(steps)  # no duplicated history after the resume
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("kind") != "epoch"] == list(range(1, 65))  # each step once
 
 
 @pytest.mark.parametrize("content", [b"PK\x03\x04 truncated zip", b"not a checkpoint at all"])

@@ -50,7 +50,6 @@ def test_visualize_recon_user_errors(tmp_path, capsys):
 
 
 def test_visualize_attention(tmp_path):
-    pytest.importorskip("mixedae.eval.weights")
     run = checkpoint(tmp_path, "mixedae")
     out = tmp_path / "att.png"
     rc = main(["visualize", "attention", "--weights", str(run), "--data", "synthetic", "--out", str(out),
