@@ -44,12 +44,13 @@ from ..amp import autocast, check_precision, grad_scaler
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from ..distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
 from ..errors import UserError
+from ..export.timm import timm_architecture
 from ..io import atomic_torch_save
 from ..models import VisionTransformer
 from ..schedule import cosine_lr, set_lr
-from .common import (EvalConfig, data_summary, image_size_for, labelled_splits, load_eval_config, output_dirs,
+from .common import (EvalConfig, data_summary, encoder_at_size, labelled_splits, load_eval_config, output_dirs,
                      seed_everything, write_results)
-from .weights import load_encoder, timm_architecture
+from .weights import load_encoder
 
 HEAD_KEYS = ["head.bias", "head.weight"]
 FINETUNED_FILE = "finetuned.pth"  # the last epoch's timm model: {"model": state dict, "architecture", ...}
@@ -114,6 +115,15 @@ def load_into_timm(model: nn.Module, encoder: VisionTransformer) -> None:
     if result.unexpected_keys or sorted(result.missing_keys) != HEAD_KEYS:
         raise UserError(f"the encoder does not fit the fine-tuning model: missing {result.missing_keys}, unexpected "
                         f"{result.unexpected_keys} (only {HEAD_KEYS} may be missing)")
+
+
+def layer_decay_adamw(model: nn.Module, lr: float, weight_decay: float, layer_decay: float) -> torch.optim.Optimizer:
+    """AdamW with timm's layer-wise lr decay groups (``lr_scale`` per group, set by ``schedule.set_lr``).
+
+    Groups come from ``model.group_matcher()``; 1-D parameters and ``model.no_weight_decay()`` get no
+    weight decay. Shared by ``finetune`` and ``segfinetune``.
+    """
+    return create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=weight_decay, layer_decay=layer_decay)
 
 
 def finetune_model(encoder: VisionTransformer, num_classes: int, drop_path: float) -> nn.Module:
@@ -185,7 +195,7 @@ def _finetune(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str
     seed_everything(cfg.seed + dist_info.rank)
     encoder, info = load_encoder(weights)
     out, _ = output_dirs(info, "finetune", output_dir, cfg.cache_dir)
-    size = image_size_for(cfg, encoder)
+    encoder, size = encoder_at_size(cfg, encoder)
     train, val = labelled_splits(cfg, size, train_transform(size, cfg), eval_transform(size))
     num_classes, world, device = len(train.classes), dist_info.world_size, dist_info.device
     sampler = DistributedSampler(train, num_replicas=world, rank=dist_info.rank, shuffle=True, seed=cfg.seed,
@@ -200,8 +210,7 @@ def _finetune(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str
 
     model = finetune_model(encoder, num_classes, cfg.drop_path).to(device)
     base_lr = cfg.lr if cfg.lr is not None else cfg.blr * cfg.batch_size * world / 256
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=base_lr, weight_decay=cfg.weight_decay,
-                                    layer_decay=cfg.layer_decay)
+    optimizer = layer_decay_adamw(model, base_lr, cfg.weight_decay, cfg.layer_decay)
     module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if dist_info.enabled else model
     mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
