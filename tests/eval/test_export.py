@@ -9,6 +9,7 @@ exported tensors are run through a reference forward pass written from that sour
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import timm
@@ -19,19 +20,34 @@ from mixedae.cli import main
 from mixedae.eval.weights import load_encoder
 from mixedae.models import VisionTransformer
 
+from .conftest import write_run
 from .test_weights import images, reference_encoder
 
 D, HEADS, P, MLP = 32, 2, 4, 128  # the tiny run of conftest: embed 32, 2 heads, patch 4, 16 px, depth 1
 
 
-def export(run_dir, out, *args):
-    assert main(["export", str(run_dir), "--out", str(out), *args]) == 0
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A run whose encoder has non-trivial values everywhere (norm weights, biases, cls token), so that a
+    swapped or dropped key shows in the features."""
+    run = write_run(tmp_path_factory.mktemp("runs") / "trained")
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    g = torch.Generator().manual_seed(0)
+    for key, value in ckpt["model"].items():
+        if key.startswith("encoder.") and key != "encoder.pos_embed":
+            ckpt["model"][key] = value + 0.1 * torch.randn(value.shape, generator=g)
+    torch.save(ckpt, run / "last.pt")
+    return run
+
+
+def export(run, out, *args):
+    assert main(["export", str(run), "--out", str(out), *args]) == 0
     return out
 
 
-def fresh_encoder_at(run_dir, size: int) -> VisionTransformer:
+def fresh_encoder_at(run, size: int) -> VisionTransformer:
     """The run's encoder rebuilt at ``size`` px by the constructor (its own sin-cos table), not resampled."""
-    ref = reference_encoder(run_dir)
+    ref = reference_encoder(run)
     enc = VisionTransformer(img_size=size, patch_size=P, embed_dim=D, depth=1, num_heads=HEADS).eval()
     enc.load_state_dict({**ref.state_dict(), "pos_embed": enc.pos_embed}, strict=True)
     return enc
@@ -40,14 +56,14 @@ def fresh_encoder_at(run_dir, size: int) -> VisionTransformer:
 # ------------------------------------------------------------------------------------------------
 # timm at another size
 # ------------------------------------------------------------------------------------------------
-def test_timm_export_at_another_image_size(run_dir, tmp_path, capsys):
-    out = export(run_dir, tmp_path / "timm24", "--image-size", "24")
+def test_timm_export_at_another_image_size(trained_run, tmp_path, capsys):
+    out = export(trained_run, tmp_path / "timm24", "--image-size", "24")
     assert "img 24" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["model_args"]["img_size"] == 24 and config["pretrained_cfg"]["input_size"] == [3, 24, 24]
     x = images(size=24)
     model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
-    expected = fresh_encoder_at(run_dir, 24).forward_features(x)
+    expected = fresh_encoder_at(trained_run, 24).forward_features(x)
     torch.testing.assert_close(model.forward_features(x), expected, atol=1e-5, rtol=0)
     encoder, _ = load_encoder(out)  # and it reads back as --weights at its new size
     assert encoder.img_size == 24
@@ -55,9 +71,9 @@ def test_timm_export_at_another_image_size(run_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("args,message", [(["--format", "onnx"], "invalid choice"),
                                           (["--image-size", "18"], "multiple of the encoder's patch size 4")])
-def test_bad_export_arguments_exit_2(run_dir, tmp_path, capsys, args, message):
+def test_bad_export_arguments_exit_2(trained_run, tmp_path, capsys, args, message):
     try:
-        rc = main(["export", str(run_dir), "--out", str(tmp_path / "x"), *args])
+        rc = main(["export", str(trained_run), "--out", str(tmp_path / "x"), *args])
     except SystemExit as e:  # argparse's own one-line usage error
         rc = e.code
     err = capsys.readouterr().err
@@ -68,35 +84,35 @@ def test_bad_export_arguments_exit_2(run_dir, tmp_path, capsys, args, message):
 # ------------------------------------------------------------------------------------------------
 # Hugging Face transformers (the real library)
 # ------------------------------------------------------------------------------------------------
-def test_hf_export_loads_in_transformers_with_the_same_features(run_dir, tmp_path, monkeypatch):
+def test_hf_export_loads_in_transformers_with_the_same_features(trained_run, tmp_path, monkeypatch):
     from transformers import AutoImageProcessor, ViTModel
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a local folder: nothing may be downloaded
-    out = export(run_dir, tmp_path / "hf", "--format", "hf")
+    out = export(trained_run, tmp_path / "hf", "--format", "hf")
     model, info = ViTModel.from_pretrained(str(out), output_loading_info=True)
     assert info["missing_keys"] == set() and info["unexpected_keys"] == set() and info["mismatched_keys"] == set()
-    assert model.config.layer_norm_eps == 1e-6 and model.config.hidden_act == "gelu"
-    ref, x = reference_encoder(run_dir), images()
+    ref, x = reference_encoder(trained_run), images()
     with torch.no_grad():
         hf = model.eval()(pixel_values=x)
         torch.testing.assert_close(hf.last_hidden_state, ref.forward_features(x), atol=1e-5, rtol=0)
         torch.testing.assert_close(hf.pooler_output, ref(x), atol=1e-5, rtol=0)  # identity pooler = cls feature
+    assert model.config.layer_norm_eps == 1e-6 and model.config.hidden_act == "gelu"
     _, info = ViTModel.from_pretrained(str(out), add_pooling_layer=False, output_loading_info=True)
     assert info["missing_keys"] == set() and info["unexpected_keys"] == {"pooler.dense.weight", "pooler.dense.bias"}
     processor = AutoImageProcessor.from_pretrained(str(out))
     assert list(processor.image_mean) == [0.485, 0.456, 0.406] and processor.size["height"] == 16
 
 
-def test_hf_export_at_another_size(run_dir, tmp_path):
+def test_hf_export_at_another_size(trained_run, tmp_path):
     from transformers import ViTModel
 
-    out = export(run_dir, tmp_path / "hf24", "--format", "hf", "--image-size", "24")
+    out = export(trained_run, tmp_path / "hf24", "--format", "hf", "--image-size", "24")
     model = ViTModel.from_pretrained(str(out)).eval()
     assert model.config.image_size == 24
     x = images(size=24)
     with torch.no_grad():
         torch.testing.assert_close(model(pixel_values=x).last_hidden_state,
-                                   fresh_encoder_at(run_dir, 24).forward_features(x), atol=1e-5, rtol=0)
+                                   fresh_encoder_at(trained_run, 24).forward_features(x), atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -157,15 +173,15 @@ def mmseg_mae_forward(state: dict, imgs: torch.Tensor) -> torch.Tensor:
     return ln(x, "ln1")
 
 
-def test_mmseg_export_has_the_mae_backbone_keys_and_computes_our_encoder(run_dir, tmp_path):
-    out = export(run_dir, tmp_path / "mmseg", "--format", "mmseg")
+def test_mmseg_export_has_the_mae_backbone_keys_and_computes_our_encoder(trained_run, tmp_path):
+    out = export(trained_run, tmp_path / "mmseg", "--format", "mmseg")
     ckpt = torch.load(out / "backbone.pth", map_location="cpu", weights_only=True)
     state = ckpt["state_dict"]
     assert {k: tuple(v.shape) for k, v in state.items()} == {
         k: s for k, s in MMSEG_MAE_KEYS.items() if k not in MMSEG_LEFT_TO_INIT}
     x = images()
     with torch.no_grad():
-        torch.testing.assert_close(mmseg_mae_forward(state, x), reference_encoder(run_dir).forward_features(x),
+        torch.testing.assert_close(mmseg_mae_forward(state, x), reference_encoder(trained_run).forward_features(x),
                                    atol=1e-5, rtol=0)
     config = json.loads((out / "export.json").read_text())
     assert config["backbone"] == {"type": "MAE", "img_size": [16, 16], "patch_size": 4, "in_channels": 3,
@@ -232,14 +248,14 @@ def vitdet_forward(state: dict, imgs: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("size", [16, 24])
-def test_detectron2_export_has_vitdet_keys_and_its_pos_embed(run_dir, tmp_path, size):
-    out = export(run_dir, tmp_path / "d2", "--format", "detectron2", "--image-size", str(size))
+def test_detectron2_export_has_vitdet_keys_and_its_pos_embed(trained_run, tmp_path, size):
+    out = export(trained_run, tmp_path / "d2", "--format", "detectron2", "--image-size", str(size))
     state = torch.load(out / "backbone.pth", map_location="cpu", weights_only=True)["model"]
     grid = size // P
     expected = {**DETECTRON2_VIT_KEYS, "backbone.net.pos_embed": (1, 1 + grid * grid, 32)}
     assert {k: tuple(v.shape) for k, v in state.items()} == expected
     # ViTDet drops the cls token: its features are our blocks run on the patch tokens alone
-    enc, x = fresh_encoder_at(run_dir, size), images(size=size)
+    enc, x = fresh_encoder_at(trained_run, size), images(size=size)
     with torch.no_grad():
         tokens = enc.embed_patches(x)
         for block in enc.blocks:

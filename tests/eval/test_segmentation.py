@@ -164,6 +164,22 @@ def test_segmentation_mIoU_by_hand():
     assert scores["mIoU"] == pytest.approx(100 * sum(ious) / 3) and scores["pixel_acc"] == pytest.approx(100 * 11 / 14)
 
 
+def test_window_logits_are_resized_bilinearly_to_the_original_mask():
+    """A 4 x 2 image evaluated at short side 1 (2 x 1): logits [class 0: 1, 0 | class 1: 0.8, 0.8] per column,
+    bilinearly upsampled to 4 columns, give class 0 weights 1, .75, .25, 0 → predictions 0, 1, 1, 1
+    (nearest upsampling would give 0, 0, 1, 1)."""
+
+    def model(batch):  # ignores the pixels
+        logits = torch.zeros(len(batch), 2, 2, 2)
+        logits[:, 0, :, 0], logits[:, 1] = 1.0, 0.8
+        return logits
+
+    mask = np.array([[0, 1, 1, 1], [0, 1, 1, 1]])
+    dataset = SegmentationImages(Pairs([np.zeros((2, 4, 3))], [mask]), Geometry(window=2, short_side=1))
+    conf = segmentation_confusion(model, dataset, 2, 255, window=2, stride=1, batch_size=4, device=torch.device("cpu"))
+    assert conf.tolist() == [[2, 0], [0, 6]]
+
+
 # ------------------------------------------------------------------------------------------------
 # segprobe
 # ------------------------------------------------------------------------------------------------
