@@ -17,8 +17,9 @@ Pooler **[decision]**: ``ViTModel`` adds a pooler (dense + tanh on the cls token
 ``add_pooling_layer=False``, and MAE-family encoders have none. We export an identity pooler
 (``pooler.dense`` = identity matrix, zero bias, ``pooler_act="linear"``), so the plain
 ``from_pretrained(<folder>)`` is complete and ``pooler_output`` is exactly our cls feature (the one
-k-NN and the linear probe use). With ``add_pooling_layer=False`` transformers reports the two
-``pooler.dense.*`` keys as unused, which is harmless.
+k-NN and the linear probe use; transformers < 4.51 ignores ``pooler_act`` and applies tanh to it).
+With ``add_pooling_layer=False`` transformers reports the two ``pooler.dense.*`` keys as unused,
+which is harmless.
 
 ``preprocessor_config.json`` describes a ``ViTImageProcessor`` with our normalisation at the export size.
 """
