@@ -49,12 +49,21 @@ class SegmentationConfig(EvalConfig):
     short_side: Optional[int] = None  # resize target of the short side (default: the window size)
     stride: Optional[int] = None  # sliding-window stride at evaluation (default: 2/3 of the window, mmseg's 341/512)
     val_samples: Optional[int] = None  # synthetic scenes: val length (default data.num_samples // 5)
+    train_crop: Literal["center", "random"] = "center"  # where training crops are cut from the resized image
+    scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])  # random resize ratio of training images
+    flip: bool = False  # random horizontal flips of training crops
 
     def validate(self) -> None:
         super().validate()
         for key in ("num_classes", "short_side", "stride", "val_samples"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise UserError(f"{key} must be >= 1 (or unset), got {getattr(self, key)}")
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise UserError(f"scale_range must be [low, high] with 0 < low <= high, got {self.scale_range}")
+
+    def window_stride(self, window: int) -> int:
+        """Evaluation stride: ``stride`` or 2/3 of the window (mmseg: 341 for 512)."""
+        return self.stride or max(1, 2 * window // 3)
 
 
 @dataclass(frozen=True)
@@ -68,10 +77,20 @@ class Geometry:
     scale_range: tuple[float, float] = field(default=(1.0, 1.0))
     flip: bool = False
 
+    @property
+    def deterministic(self) -> bool:
+        """True when every epoch sees the same crops (centre crop, no scale jitter, no flip)."""
+        return self.crop == "center" and self.scale_range[0] == self.scale_range[1] and not self.flip
+
     def resized(self, width: int, height: int, ratio: float = 1.0) -> tuple[int, int]:
         """``(width, height)`` after the aspect-preserving resize, times ``ratio``."""
         scale = ratio * min(self.short_side / min(width, height), LONG_SIDE_FACTOR * self.short_side / max(width, height))
         return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def geometry(cfg: SegmentationConfig, window: int) -> Geometry:
+    """The geometry of ``cfg`` for ``window × window`` inputs."""
+    return Geometry(window, cfg.short_side or window, cfg.ignore_index, cfg.train_crop, tuple(cfg.scale_range), cfg.flip)
 
 
 def resize_pair(image: Image.Image, mask: Optional[np.ndarray], size: tuple[int, int]):

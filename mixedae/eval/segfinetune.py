@@ -44,7 +44,7 @@ from ..schedule import cosine_lr, set_lr
 from .common import encoder_at_size, load_eval_config, output_dirs, seed_everything, weights_name, write_results
 from .finetune import layer_decay_adamw
 from .metrics import segmentation_scores
-from .segdata import (Geometry, SegmentationConfig, SegmentationCrops, SegmentationImages, check_labels, data_summary,
+from .segdata import (SegmentationConfig, SegmentationCrops, SegmentationImages, check_labels, data_summary, geometry,
                       segmentation_splits)
 from .sliding import segmentation_confusion
 from .weights import load_encoder
@@ -64,17 +64,15 @@ class SegFinetuneConfig(SegmentationConfig):
     weight_decay: float = 0.05
     layer_decay: float = 0.65
     drop_path: float = 0.1
-    train_crop: Literal["random", "center"] = "random"
-    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # resize ratio range of training images
-    flip: bool = True
+    train_crop: Literal["center", "random"] = "random"  # mmseg's augmentation: random crops ...
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # ... of images rescaled 0.5-2 x ...
+    flip: bool = True  # ... and flipped
     clip_grad: Optional[float] = None
 
     def validate(self) -> None:
         super().validate()
         if self.epochs < 1 or self.batch_size < 1 or self.fpn_channels < 1:
             raise UserError("epochs, batch_size and fpn_channels must be >= 1")
-        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
-            raise UserError(f"scale_range must be [low, high] with 0 < low <= high, got {self.scale_range}")
 
 
 def load_segfinetuned(path: str | Path) -> SegmentationModel:
@@ -123,9 +121,8 @@ def run_segfinetune(weights: str | Path, data: str, *, overrides: Sequence[str] 
         raise UserError(f"head=fpn pools the {size // encoder.patch_size}x{size // encoder.patch_size} patch grid by 2; "
                         f"use data.image_size >= {2 * encoder.patch_size} or head=linear")
     train_base, val_base, num_classes = segmentation_splits(cfg, size)
-    geometry = Geometry(size, cfg.short_side or size, cfg.ignore_index, cfg.train_crop, tuple(cfg.scale_range),
-                        cfg.flip)
-    train = SegmentationCrops(train_base, geometry, cfg.seed)
+    geom = geometry(cfg, size)
+    train = SegmentationCrops(train_base, geom, cfg.seed)
     loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(cfg.seed), num_workers=cfg.data.num_workers)
     if len(loader) == 0:
@@ -142,15 +139,15 @@ def run_segfinetune(weights: str | Path, data: str, *, overrides: Sequence[str] 
         history.append({"epoch": epoch + 1, "train_loss": train_epoch(model, loader, optimizer, cfg, epoch,
                                                                       num_classes, device)})
     model.eval()
-    conf = segmentation_confusion(model, SegmentationImages(val_base, geometry), num_classes, cfg.ignore_index,
-                                  window=size, stride=cfg.stride or max(1, 2 * size // 3),
+    conf = segmentation_confusion(model, SegmentationImages(val_base, geom), num_classes, cfg.ignore_index,
+                                  window=size, stride=cfg.window_stride(size),
                                   batch_size=cfg.extract_batch_size, device=device, num_workers=cfg.data.num_workers,
                                   progress=cfg.progress, desc="segfinetune (val)")
     atomic_torch_save({"model": model.state_dict(), "architecture": timm_architecture(encoder),
                        "model_args": encoder.timm_kwargs(), "head": cfg.head, "fpn_channels": cfg.fpn_channels,
                        "blocks": model.blocks, "num_classes": num_classes, "ignore_index": cfg.ignore_index,
                        "reduce_zero_label": cfg.reduce_zero_label, "window": size,
-                       "short_side": geometry.short_side}, out / CHECKPOINT_FILE)
+                       "short_side": geom.short_side}, out / CHECKPOINT_FILE)
     results = {
         "protocol": "segfinetune",
         **segmentation_scores(conf),
@@ -159,7 +156,7 @@ def run_segfinetune(weights: str | Path, data: str, *, overrides: Sequence[str] 
         "head": cfg.head,
         "history": history,
         "checkpoint": str(out / CHECKPOINT_FILE),
-        "data": data_summary(cfg, train_base, val_base, num_classes, geometry),
+        "data": data_summary(cfg, train_base, val_base, num_classes, geom),
         "time_s": time.time() - start,
     }
     return write_results(results, out, cfg, info)

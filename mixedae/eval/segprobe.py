@@ -6,15 +6,15 @@ per-patch class logits ``[N, K, h, w]``, upsampled bilinearly to ``S × S`` and 
 cross-entropy (``ignore_index`` pixels skipped) using AdamW with a warm-up + cosine schedule.
 
 Images keep their aspect ratio (:mod:`mixedae.eval.segdata`): training uses ``S × S`` crops of the
-short-side-resized image (``train_crop=center`` by default, deterministic; ``random`` adds scale
-jitter ``scale_range`` and ``flip``), evaluation slides an ``S × S`` window over the whole resized
+short-side-resized image (``train_crop=center`` by default, deterministic; ``train_crop=random``,
+``scale_range`` jitter and ``flip`` augment), evaluation slides an ``S × S`` window over the whole resized
 image and scores the prediction at the original resolution (:mod:`mixedae.eval.sliding`): mIoU,
 pixel accuracy and per-class IoU from the confusion matrix (:mod:`mixedae.eval.metrics`).
 
 Memory: with deterministic crops the training features are extracted once and cached (in memory
 and in the feature cache, :mod:`mixedae.eval.features`) when ``features + masks`` take at most
 ``max_memory_gb`` (default 4 GB; estimate ``N · (layers·D·h·w·4 + S²·8)`` bytes); otherwise, and
-always with random crops, they are streamed: computed batch by batch from the images every epoch
+always with augmented crops, they are streamed: computed batch by batch from the images every epoch
 (same batches, same schedule, nothing held). Evaluation always streams, one image at a time.
 
 Data: the synthetic scenes (mask 0 = background, c + 1 = shape c) or a segmentation folder
@@ -25,9 +25,9 @@ Data: the synthetic scenes (mask 0 = background, c + 1 = shape c) or a segmentat
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,7 @@ from .common import encoder_at_size, load_eval_config, output_dirs, seed_everyth
 from .features import patch_features, split_features
 from .metrics import segmentation_scores
 from .probe import train_head, train_head_streamed
-from .segdata import (Geometry, SegmentationConfig, SegmentationCrops, SegmentationImages, check_labels, data_summary,
+from .segdata import (SegmentationConfig, SegmentationCrops, SegmentationImages, check_labels, data_summary, geometry,
                       segmentation_splits)
 from .sliding import segmentation_confusion
 from .weights import load_encoder
@@ -56,17 +56,12 @@ class SegprobeConfig(SegmentationConfig):
     lr: float = 1e-3
     min_lr: float = 0.0
     weight_decay: float = 1e-4
-    train_crop: Literal["center", "random"] = "center"  # random: augmented, always streamed
-    scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])  # random crops: resize ratio range
-    flip: bool = False  # random crops: horizontal flips
     max_memory_gb: float = 4.0  # keep training features in memory (and cached) up to this size, else stream
 
     def validate(self) -> None:
         super().validate()
         if self.layers < 1 or self.epochs < 1 or self.batch_size < 1:
             raise UserError("layers, epochs and batch_size must be >= 1")
-        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
-            raise UserError(f"scale_range must be [low, high] with 0 < low <= high, got {self.scale_range}")
 
 
 def upsampled_loss(ignore_index: int):
@@ -111,10 +106,8 @@ def run_segprobe(weights: str | Path, data: str, *, overrides: Sequence[str] = (
     start = time.time()
     encoder, size = encoder_at_size(cfg, encoder)
     train_base, val_base, num_classes = segmentation_splits(cfg, size)
-    random_crops = cfg.train_crop == "random"
-    geometry = Geometry(size, cfg.short_side or size, cfg.ignore_index, cfg.train_crop,
-                        tuple(cfg.scale_range) if random_crops else (1.0, 1.0), cfg.flip and random_crops)
-    train = SegmentationCrops(train_base, geometry, cfg.seed)
+    geom = geometry(cfg, size)
+    train = SegmentationCrops(train_base, geom, cfg.seed)
     device = resolve_device(cfg.device)
     fn = patch_features(to_timm(encoder).to(device), cfg.layers)
     channels = cfg.layers * encoder.embed_dim
@@ -123,8 +116,8 @@ def run_segprobe(weights: str | Path, data: str, *, overrides: Sequence[str] = (
     options = dict(epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, base_lr=cfg.lr,
                    min_lr=cfg.min_lr, seed=cfg.seed, progress=cfg.progress, desc="segmentation probe")
     loss = upsampled_loss(cfg.ignore_index)
-    in_memory = not random_crops and feature_bytes(len(train), channels, size // encoder.patch_size,
-                                                   size) <= cfg.max_memory_gb * 2**30
+    in_memory = geom.deterministic and feature_bytes(len(train), channels, size // encoder.patch_size,
+                                                     size) <= cfg.max_memory_gb * 2**30
     if in_memory:
         kind = f"patches-{cfg.layers}-labels-{cfg.ignore_index}-{'rzl' if cfg.reduce_zero_label else 'raw'}"
         feats = split_features(fn, {"train": train}, info, cfg, size, kind, cache, device)["train"]
@@ -138,8 +131,8 @@ def run_segprobe(weights: str | Path, data: str, *, overrides: Sequence[str] = (
         return F.interpolate(head(fn(windows)["patches"]), size=windows.shape[-2:], mode="bilinear",
                              align_corners=False)
 
-    conf = segmentation_confusion(logits_fn, SegmentationImages(val_base, geometry), num_classes, cfg.ignore_index,
-                                  window=size, stride=cfg.stride or max(1, 2 * size // 3),
+    conf = segmentation_confusion(logits_fn, SegmentationImages(val_base, geom), num_classes, cfg.ignore_index,
+                                  window=size, stride=cfg.window_stride(size),
                                   batch_size=cfg.extract_batch_size, device=device, num_workers=cfg.data.num_workers,
                                   progress=cfg.progress, desc="segmentation probe (val)")
     results = {
@@ -149,7 +142,7 @@ def run_segprobe(weights: str | Path, data: str, *, overrides: Sequence[str] = (
         "confusion": conf.tolist(),
         "features": "memory" if in_memory else "streamed",
         "history": history,
-        "data": data_summary(cfg, train_base, val_base, num_classes, geometry),
+        "data": data_summary(cfg, train_base, val_base, num_classes, geom),
         "time_s": time.time() - start,
     }
     return write_results(results, out, cfg, info)

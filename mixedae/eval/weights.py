@@ -34,6 +34,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..export.mmseg import CONFIG as FOREIGN_EXPORT  # detectron2's export.json has the same name
 from ..export.timm import CONFIG as EXPORT_CONFIG, WEIGHTS as EXPORT_FILES
 from ..io import load_checkpoint
 from ..models import VisionTransformer, create_model
@@ -119,13 +120,24 @@ def _from_pretraining(ckpt: dict[str, Any], path: Path) -> tuple[VisionTransform
     return encoder, {"kind": "checkpoint", "name": arch["name"], "epoch": ckpt.get("epoch"), "step": ckpt.get("step")}
 
 
+def _reexport_hint(folder: Path) -> str:
+    """What to do with a folder that is not a timm export (an hf export has a transformers config.json)."""
+    try:
+        hf = json.loads((folder / EXPORT_CONFIG).read_text()).get("model_type") == "vit"
+    except (OSError, ValueError, AttributeError):
+        hf = False
+    if hf:
+        return "it is a transformers export (--format hf), which mixedae does not read back: pass the run or a timm export"
+    return "re-create it with mixedae export"
+
+
 def _from_export(folder: Path) -> tuple[VisionTransformer, dict[str, Any], Path]:
     try:
         config = json.loads((folder / EXPORT_CONFIG).read_text())
         args = config["model_args"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{folder / EXPORT_CONFIG} is not an export config with model_args ({e}); "
-                        "re-create it with mixedae export") from None
+                        f"{_reexport_hint(folder)}") from None
     path = next((folder / n for n in EXPORT_FILES if (folder / n).is_file()), None)
     if path is None:
         raise UserError(f"export folder {folder} has no {' or '.join(EXPORT_FILES)}; re-create it with mixedae export")
@@ -168,6 +180,9 @@ def load_encoder(weights: str | Path) -> tuple[VisionTransformer, dict[str, Any]
         elif (path / EXPORT_CONFIG).is_file():
             encoder, info, file = _from_export(path)
             return _finish(encoder, info, file, None)
+        elif (path / FOREIGN_EXPORT).is_file():
+            raise UserError(f"{path} is an mmseg/detectron2 export (it has {FOREIGN_EXPORT}), which mixedae does not "
+                            "read back; pass the run folder, its checkpoint or a --format timm export")
         else:
             raise UserError(f"{path} is a folder but neither a run folder (no {RUN_CHECKPOINT}) nor an export folder "
                             f"(no {EXPORT_CONFIG}); pass a run folder, a checkpoint file or an export folder")

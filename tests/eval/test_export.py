@@ -263,3 +263,18 @@ def test_detectron2_export_has_vitdet_keys_and_its_pos_embed(trained_run, tmp_pa
         torch.testing.assert_close(vitdet_forward(state, x), tokens, atol=1e-5, rtol=0)
     config = json.loads((out / "export.json").read_text())
     assert config["backbone"]["pretrain_img_size"] == size and config["backbone"]["pretrain_use_cls_token"]
+
+
+@pytest.mark.parametrize("fmt", ["hf", "mmseg", "detectron2"])
+def test_foreign_exports_are_not_weights(trained_run, tmp_path, capsys, fmt):
+    out = export(trained_run, tmp_path / fmt, "--format", fmt)
+    rc = main(["knn", "--weights", str(out), "--data", "synthetic", "data.num_samples=8"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "timm export" in err
+
+
+def test_cli_lists_every_export_format():
+    from mixedae.commands.evaluate import EXPORT_FORMATS
+    from mixedae.export import FORMATS
+
+    assert EXPORT_FORMATS == FORMATS
