@@ -141,9 +141,6 @@ class SegmentationCrops(Dataset):
         spare = max(length - self.transform.window, 0)
         return int(rng.integers(spare + 1)) if self.transform.crop == "random" else spare // 2
 
-    def describe(self) -> str:
-        return describe_dataset(self.base)
-
 
 class SegmentationImages(Dataset):
     """Evaluation items ``(image [3, H', W'] normalised and resized, mask [H, W] int64 at the original size)``."""
