@@ -9,9 +9,12 @@ import re
 import shlex
 from pathlib import Path
 
+import torch
+
 from mixedae.cli import parse_args
 from mixedae.export import detectron2, mmseg
-from mixedae.models import create_model
+from mixedae.models import VisionTransformer
+from mixedae.models.registry import ENCODER_KEYS, preset_kwargs
 
 DOWNSTREAM = Path(__file__).resolve().parents[2] / "configs" / "downstream"
 
@@ -20,7 +23,9 @@ def test_mmseg_config_matches_the_export_of_a_vit_base_at_512():
     namespace: dict = {}
     exec((DOWNSTREAM / "mmseg_upernet_vit_base_ade20k_512.py").read_text(), namespace)  # plain dicts, no imports
     model, optim = namespace["model"], namespace["optim_wrapper"]
-    encoder = create_model("mixedae_vit_base_patch16").encoder.with_image_size(512)
+    with torch.device("meta"):  # the architecture only: no memory, no init cost
+        encoder = VisionTransformer(img_size=512, **{k: v for k, v in preset_kwargs("mixedae_vit_base_patch16").items()
+                                                     if k in ENCODER_KEYS and k != "img_size"})
     expected = mmseg.backbone_args(encoder)
     backbone = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model["backbone"].items()}
     assert {k: backbone[k] for k in expected} == expected
