@@ -117,13 +117,16 @@ def load_into_timm(model: nn.Module, encoder: VisionTransformer) -> None:
                         f"{result.unexpected_keys} (only {HEAD_KEYS} may be missing)")
 
 
-def layer_decay_adamw(model: nn.Module, lr: float, weight_decay: float, layer_decay: float) -> torch.optim.Optimizer:
-    """AdamW with timm's layer-wise lr decay groups (``lr_scale`` per group, set by ``schedule.set_lr``).
+def finetune_optimizer(model: nn.Module, cfg: FinetuneConfig, base_lr: float) -> torch.optim.Optimizer:
+    """AdamW with MAE's layer-wise lr decay and weight-decay exclusions (timm ``create_optimizer_v2``).
 
-    Groups come from ``model.group_matcher()``; 1-D parameters and ``model.no_weight_decay()`` get no
-    weight decay. Shared by ``finetune`` and ``segfinetune``.
+    Group ``lr_scale`` (applied by ``schedule.set_lr``): ``cfg.layer_decay ** (last group - group)``,
+    groups from ``model.group_matcher()``; no weight decay on 1-D parameters (norms, biases) and
+    ``model.no_weight_decay()``. Uses ``cfg.weight_decay`` and ``cfg.layer_decay`` only, so
+    ``segfinetune`` shares it.
     """
-    return create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=weight_decay, layer_decay=layer_decay)
+    return create_optimizer_v2(model, opt="adamw", lr=base_lr, weight_decay=cfg.weight_decay,
+                               layer_decay=cfg.layer_decay)
 
 
 def finetune_model(encoder: VisionTransformer, num_classes: int, drop_path: float) -> nn.Module:
@@ -210,7 +213,7 @@ def _finetune(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str
 
     model = finetune_model(encoder, num_classes, cfg.drop_path).to(device)
     base_lr = cfg.lr if cfg.lr is not None else cfg.blr * cfg.batch_size * world / 256
-    optimizer = layer_decay_adamw(model, base_lr, cfg.weight_decay, cfg.layer_decay)
+    optimizer = finetune_optimizer(model, cfg, base_lr)
     module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if dist_info.enabled else model
     mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,

@@ -6,7 +6,7 @@ ViTDet's simple pyramid, ×4/×2/×1/×½, an FPN and a fusion convolution).
 
 Recipe (the BEiT-style one MAE and MixedAE use for ADE20K, scaled to small data): AdamW (weight
 decay 0.05, none on norms, biases, cls token and position embedding), layer-wise lr decay 0.65
-(:func:`mixedae.eval.finetune.layer_decay_adamw`, groups as in BEiT: stem, blocks, then norm + head
+(:func:`mixedae.eval.finetune.finetune_optimizer`, groups as in BEiT: stem, blocks, then norm + head
 at full lr), absolute ``lr`` 1e-4 with a per-step linear warm-up and cosine decay (mmseg's recipe
 decays linearly, ``PolyLR(power=1)``, over 160k iterations: ``configs/downstream/`` has it),
 cross-entropy with ``ignore_index``. Data (:mod:`mixedae.eval.segdata`): random ``S × S`` crops
@@ -42,7 +42,7 @@ from ..io import atomic_torch_save
 from ..models.segmentation import SegmentationModel, segmentation_model
 from ..schedule import cosine_lr, set_lr
 from .common import encoder_at_size, load_eval_config, output_dirs, seed_everything, weights_name, write_results
-from .finetune import layer_decay_adamw
+from .finetune import finetune_optimizer
 from .metrics import segmentation_scores
 from .segdata import (SegmentationConfig, SegmentationCrops, SegmentationImages, check_labels, data_summary, geometry,
                       segmentation_splits)
@@ -131,7 +131,7 @@ def run_segfinetune(weights: str | Path, data: str, *, overrides: Sequence[str] 
     device = resolve_device(cfg.device)
     model = segmentation_model(to_timm(encoder, drop_path_rate=cfg.drop_path), num_classes, cfg.head,
                                cfg.fpn_channels).to(device)
-    optimizer = layer_decay_adamw(model, cfg.lr, cfg.weight_decay, cfg.layer_decay)
+    optimizer = finetune_optimizer(model, cfg, cfg.lr)
 
     history = []
     for epoch in range(cfg.epochs):

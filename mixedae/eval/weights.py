@@ -30,6 +30,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 

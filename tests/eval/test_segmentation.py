@@ -13,9 +13,9 @@ from PIL import Image
 
 from mixedae.cli import main
 from mixedae.data import IMAGENET_MEAN, IMAGENET_STD, SyntheticScenes
-from mixedae.eval.finetune import layer_decay_adamw
+from mixedae.eval.finetune import finetune_optimizer
 from mixedae.eval.segdata import Geometry, SegmentationCrops, SegmentationImages
-from mixedae.eval.segfinetune import load_segfinetuned
+from mixedae.eval.segfinetune import SegFinetuneConfig, load_segfinetuned
 from mixedae.eval.sliding import segmentation_confusion, slide_logits, window_starts
 from mixedae.eval.metrics import segmentation_scores
 from mixedae.export.timm import to_timm
@@ -242,7 +242,7 @@ def test_segprobe_unpaired_folder_exit_2(run_dir, tmp_path, capsys):
 def test_layer_decay_groups_by_hand():
     encoder = VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2)
     model = segmentation_model(to_timm(encoder), num_classes=5)
-    optimizer = layer_decay_adamw(model, lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    optimizer = finetune_optimizer(model, SegFinetuneConfig(weight_decay=0.05, layer_decay=0.5), base_lr=1.0)
     groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
         scale, decay = groups[id(p)]["lr_scale"], groups[id(p)]["weight_decay"]
