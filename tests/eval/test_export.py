@@ -103,9 +103,10 @@ def test_hf_export_loads_in_transformers_with_the_same_features(trained_run, tmp
     assert list(processor.image_mean) == [0.485, 0.456, 0.406] and processor.size["height"] == 16
 
 
-def test_hf_export_at_another_size(trained_run, tmp_path):
+def test_hf_export_at_another_size(trained_run, tmp_path, monkeypatch):
     from transformers import ViTModel
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = export(trained_run, tmp_path / "hf24", "--format", "hf", "--image-size", "24")
     model = ViTModel.from_pretrained(str(out)).eval()
     assert model.config.image_size == 24
