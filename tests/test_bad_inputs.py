@@ -37,7 +37,8 @@ TINY = ["model.name=mixedae_vit_tiny_patch4_32", "model.depth=1", "model.embed_d
 PRETRAIN = [*TINY, "train.batch_size=8", "train.epochs=1", "data.num_samples=16"]
 EVAL = ["data.num_samples=24", "data.num_workers=0", "progress=false"]
 QUICK = {"knn": ["--k", "3"], "linprobe": ["epochs=1", "batch_size=8"], "segprobe": ["epochs=1", "batch_size=4"],
-         "finetune": ["epochs=1", "batch_size=8", 'auto_augment=""', "mixup=0", "cutmix=0"]}
+         "finetune": ["epochs=1", "batch_size=8", 'auto_augment=""', "mixup=0", "cutmix=0"],
+         "segfinetune": ["epochs=1", "batch_size=4"]}
 MODES = ("L", "LA", "P", "1", "RGBA", "CMYK", "I;16")  # all must be converted to RGB and used
 
 
@@ -328,8 +329,9 @@ CASES = [
     Case("finetune-labels-free-folder", ev("finetune", "{run}", "{root}/flat"), says=("no class sub-folders",)),
     Case("knn-segmentation-folder", ev("knn", "{run}", "{root}/seg"), says=("segmentation folder",)),
     Case("knn-targz-not-gzip", ev("knn", "{run}", "{root}/not-gzip.tar.gz"), says=("cannot extract",)),
-    Case("knn-image-size-mismatch", ev("knn", "{run}", "synthetic", "data.image_size=32"),
-         says=("data.image_size=32", "16 px")),
+    Case("knn-another-image-size-works", ev("knn", "{run}", "synthetic", "data.image_size=32")),
+    Case("knn-image-size-not-divisible-by-patch", ev("knn", "{run}", "synthetic", "data.image_size=18"),
+         says=("data.image_size=18",)),
     Case("knn-bad-k", ev("knn", "{run}", "synthetic", "--k", "0"), says=("positive",)),
     Case("knn-unknown-key", ev("knn", "{run}", "synthetic", "epochz=1"), says=("unknown config key epochz",)),
     Case("linprobe-negative-lr", ev("linprobe", "{run}", "synthetic", "lr=-1"), says=("lr", "> 0")),
@@ -343,6 +345,13 @@ CASES = [
          says=("num_classes=3", "label")),
     Case("segprobe-classification-folder", ev("segprobe", "{run}", "{root}/good"), says=("not a segmentation folder",)),
     Case("segprobe-negative-lr", ev("segprobe", "{run}", "synthetic", "lr=-1"), says=("lr", "> 0")),
+    Case("segfinetune-classification-folder", ev("segfinetune", "{run}", "{root}/good"),
+         says=("not a segmentation folder",)),
+    Case("segfinetune-truncated-checkpoint", ev("segfinetune", "{root}/truncated.pt", "synthetic"),
+         says=("cannot read checkpoint",)),
+    Case("segfinetune-unknown-head", ev("segfinetune", "{run}", "synthetic", "head=upernet"), says=("head", "fpn")),
+    Case("segfinetune-labels-beyond-num-classes", ev("segfinetune", "{run}", "{root}/seg_big_labels", "num_classes=3"),
+         says=("num_classes=3", "label")),
     Case("knn-read-only-output", ev("knn", "{run}", "synthetic", "--output-dir", "{t}/ro/out"), says=WRITE_ERROR, disk="ro"),
     # --- transfer, export, visualize, report
     Case("transfer-one-bad-spec", ["transfer", "--weights", "{run}", "--data", "synthetic,{root}/not-gzip.tar.gz",
@@ -355,6 +364,10 @@ CASES = [
          says=("cannot read checkpoint",)),
     Case("export-finetuned-checkpoint", ["export", "{root}/finetuned.pt", "--out", "{t}/x"], says=("fine-tuned",)),
     Case("export-onto-a-file", ["export", "{run}", "--out", "{run}/last.pt"], says=("--out",)),
+    Case("export-unknown-format", ["export", "{run}", "--out", "{t}/x", "--format", "onnx"], says=("--format",)),
+    Case("export-image-size-not-divisible-by-patch", ["export", "{run}", "--out", "{t}/x", "--image-size", "18"],
+         says=("18",)),
+    Case("export-hf-at-another-size-works", ["export", "{run}", "--out", "{t}/x", "--format", "hf", "--image-size", "32"]),
     Case("visualize-recon-export-folder", ["visualize", "recon", "--weights", "{root}/export", "--data", "synthetic",
                                            "--out", "{t}/r.png"], says=("need the decoder", "pass a run folder")),
     Case("visualize-recon-truncated", ["visualize", "recon", "--weights", "{root}/truncated.pt", "--data",

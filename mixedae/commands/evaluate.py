@@ -1,4 +1,4 @@
-"""``mixedae knn | linprobe | finetune | segprobe | transfer | export``: arguments → :mod:`mixedae.eval`.
+"""``mixedae knn | linprobe | finetune | segprobe | segfinetune | transfer | export``: arguments → :mod:`mixedae.eval`.
 
 Each command calls one library function, prints its short summary and leaves ``results.json``
 (or the export files) behind; ``key=value`` overrides go to the protocol's typed config.
@@ -12,6 +12,7 @@ from .common import add_overrides
 
 WEIGHTS_HELP = "pre-training run folder, checkpoint (.pt/.pth/.safetensors), export folder or MAE-style checkpoint"
 DATA_HELP = "synthetic | DIR | ARCHIVE.tar[.gz]"
+EXPORT_FORMATS = ("timm", "hf", "mmseg", "detectron2")  # mixedae.export.FORMATS (not imported: keeps --help fast)
 PROTOCOLS = {  # name: (short help, description, override example)
     "linprobe": ("linear probe on frozen cls features (BatchNorm + Linear, LARS)",
                  "MAE's linear probe on frozen cls-token features. Keys: epochs, batch_size, blr|lr, warmup_epochs, "
@@ -24,9 +25,18 @@ PROTOCOLS = {  # name: (short help, description, override example)
                  "finetune ...",
                  "epochs=100 batch_size=32 blr=5e-4 layer_decay=0.65 precision=bf16"),
     "segprobe": ("linear segmentation probe on frozen patch tokens (mIoU)",
-                 "Per-patch linear classifier on frozen patch tokens, bilinearly upsampled; mIoU and pixel accuracy. "
-                 "Keys: layers, epochs, batch_size, lr, ignore_index, mask_size, num_classes, data.*, ...",
-                 "epochs=30 layers=4 mask_size=64 data.num_workers=8"),
+                 "Per-patch linear classifier on frozen patch tokens, trained on crops of short-side-resized images; "
+                 "sliding-window mIoU at the original resolution. Keys: layers, epochs, batch_size, lr, ignore_index, "
+                 "reduce_zero_label, num_classes, short_side, stride, train_crop, max_memory_gb, data.*, ...",
+                 "epochs=30 layers=4 data.image_size=512 reduce_zero_label=true"),
+    "segfinetune": ("fine-tune for segmentation (layer decay, linear or FPN head; mIoU)",
+                    "The encoder unfrozen under a linear or small UperNet-like FPN head (head=linear|fpn), AdamW with "
+                    "layer decay 0.65, random crops of rescaled images, sliding-window mIoU at the original "
+                    "resolution; saves segfinetuned.pth. Data: synthetic or images/{train,val}/ + "
+                    "annotations/{train,val}/ (ADE20K's training/validation too; reduce_zero_label=true for ADE20K). "
+                    "Keys: head, epochs, batch_size, lr, layer_decay, drop_path, ignore_index, reduce_zero_label, "
+                    "num_classes, short_side, stride, scale_range, data.*, ...",
+                    "head=fpn epochs=20 data.image_size=512 reduce_zero_label=true"),
 }
 KNN_EXAMPLE = "block_mib=2048 extract_batch_size=256 data.num_workers=8"
 TRANSFER_EXAMPLE = "linprobe.epochs=30 knn.temperature=0.1 data.num_workers=8"
@@ -72,11 +82,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_overrides(p, TRANSFER_EXAMPLE)
     p.set_defaults(func=run_transfer_command)
 
-    p = sub.add_parser("export", help="export the encoder as a timm checkpoint",
-                       description="Write model.safetensors, pytorch_model.pth (timm keys, encoder only) and "
-                                   "config.json; loads with timm.create_model('local-dir:DIR', pretrained=True).")
+    p = sub.add_parser("export", help="export the encoder for timm, transformers, mmsegmentation or detectron2",
+                       description="timm (default): model.safetensors, pytorch_model.pth, config.json; loads with "
+                                   "timm.create_model('local-dir:DIR', pretrained=True). hf: a transformers ViTModel "
+                                   "folder (ViTModel.from_pretrained(DIR)). mmseg: backbone.pth for mmsegmentation's "
+                                   "MAE backbone. detectron2: backbone.pth (backbone.net.*) for ViTDet. "
+                                   "See configs/downstream/README.md.")
     p.add_argument("weights", metavar="W", help=WEIGHTS_HELP)
     p.add_argument("--out", required=True, help="export folder")
+    p.add_argument("--format", default="timm", choices=EXPORT_FORMATS, help="target library (default timm)")
+    p.add_argument("--image-size", type=int, help="input size the export is made for (a multiple of the patch size; "
+                                                  "default the encoder's): the position embedding is resampled")
     p.set_defaults(func=run_export_command)
 
 
@@ -89,9 +105,9 @@ def run_knn_command(args: argparse.Namespace) -> int:
 
 
 def run_protocol_command(args: argparse.Namespace) -> int:
-    from ..eval import finetune, linprobe, segprobe
+    from ..eval import finetune, linprobe, segfinetune, segprobe
 
-    module = {"linprobe": linprobe, "finetune": finetune, "segprobe": segprobe}[args.protocol]
+    module = {"linprobe": linprobe, "finetune": finetune, "segprobe": segprobe, "segfinetune": segfinetune}[args.protocol]
     run = getattr(module, f"run_{args.protocol}")
     text = module.summary(run(args.weights, args.data, overrides=args.overrides, output_dir=args.output_dir))
     if text:
@@ -108,7 +124,9 @@ def run_transfer_command(args: argparse.Namespace) -> int:
 
 
 def run_export_command(args: argparse.Namespace) -> int:
-    from ..eval.weights import export_encoder, export_summary
+    from ..eval.weights import load_encoder
+    from ..export import export_encoder, export_summary
 
-    print(export_summary(export_encoder(args.weights, args.out)))
+    encoder, info = load_encoder(args.weights)
+    print(export_summary(export_encoder(encoder, args.out, args.format, args.image_size, source=info)))
     return 0

@@ -20,8 +20,8 @@ import torch
 
 from ..errors import UserError
 from .archives import extract_archive, is_archive
-from .folders import (IMG_EXTENSIONS, ImageFiles, SegmentationFolder, class_folders, detect_layout, list_images,
-                      split_folders, tree_root)
+from .folders import (IGNORE_INDEX, IMG_EXTENSIONS, ImageFiles, SegmentationFolder, class_folders, detect_layout,
+                      list_images, reduce_zero_label, segmentation_split, split_folders, tree_root)
 from .synthetic import SyntheticScenes
 
 SYNTHETIC = "synthetic"
@@ -90,9 +90,7 @@ def _folder_dataset(root: Path, layout: str, split: str, transform: Optional[Cal
         if require_labels:
             raise UserError(f"{root} is a segmentation folder without image-level classes; supervised protocols "
                             f"need {SUPERVISED_LAYOUT} (use segprobe for segmentation)")
-        folder = root / "images" / split
-        if not folder.is_dir():
-            raise UserError(f"segmentation folder {root} has no images/{split}/; add it")
+        folder = root / "images" / segmentation_split(root, split)
         return _nonempty(ImageFiles([(str(p), -1) for p in list_images(folder)], [], transform, str(folder),
                                     unreadable), split)
     if layout == "unlabeled" and require_labels:
@@ -142,24 +140,46 @@ def build_dataset(spec: str, split: str = "train", transform: Optional[Callable]
     return _folder_dataset(root, detect_layout(root), split, transform, seed, require_labels, unreadable)
 
 
+class ZeroLabelReduced(torch.utils.data.Dataset):
+    """A dataset with ``sample(i)`` and ``seg_num_classes`` whose masks go through ``reduce_zero_label``."""
+
+    def __init__(self, base, ignore_index: int):
+        self.base, self.ignore_index = base, ignore_index
+        self.seg_num_classes = base.seg_num_classes - 1
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def sample(self, index: int) -> dict:
+        item = self.base.sample(index)
+        return {**item, "mask": reduce_zero_label(item["mask"], self.ignore_index)}
+
+    def describe(self) -> str:
+        return f"{describe_dataset(self.base)}, label 0 ignored (reduce_zero_label)"
+
+
 def build_segmentation_dataset(spec: str, split: str = "train", *, image_size: int = 32, num_samples: int = 5000,
-                               seed: int = 0, num_classes: Optional[int] = None,
-                               val_samples: Optional[int] = None) -> SyntheticScenes | SegmentationFolder:
+                               seed: int = 0, num_classes: Optional[int] = None, val_samples: Optional[int] = None,
+                               ignore_index: int = IGNORE_INDEX, reduce_zero_label: bool = False):
     """Dataset with ``sample(i) -> {"image": PIL, "mask": np.int64 [H, W], ...}`` and ``seg_num_classes``.
 
     ``"synthetic"`` gives SyntheticScenes (``image_size``, ``num_samples``, ``seed``, ``val_samples``
     as in ``build_dataset``); a segmentation folder (or archive of one) gives SegmentationFolder,
-    whose class count is ``num_classes`` or else scanned from the annotations.
+    whose class count is ``num_classes`` or else scanned from the annotations (``ignore_index`` is
+    never a class). ``reduce_zero_label`` maps label 0 to ``ignore_index`` and shifts the others down
+    (ADE20K's convention; on the synthetic scenes it ignores the background).
     """
     _check_split(split)
     if spec == SYNTHETIC:
-        return _synthetic(split, None, image_size, num_samples, seed, val_samples)
+        scenes = _synthetic(split, None, image_size, num_samples, seed, val_samples)
+        return ZeroLabelReduced(scenes, ignore_index) if reduce_zero_label else scenes
     root = resolve_root(spec)
     layout = detect_layout(root)
     if layout != "segmentation":
         raise UserError(f"{spec} is {LAYOUT_NAMES[layout]}, not a segmentation folder; segmentation needs "
-                        "images/{train,val}/ + annotations/{train,val}/ label PNGs with the same stems")
-    return SegmentationFolder(root, split, num_classes)
+                        "images/{train,val}/ + annotations/{train,val}/ label PNGs with the same stems "
+                        "(or ADE20K's images/{training,validation}/ + annotations/{training,validation}/)")
+    return SegmentationFolder(root, split, num_classes, ignore_index, reduce_zero_label)
 
 
 def describe_dataset(ds: torch.utils.data.Dataset) -> str:

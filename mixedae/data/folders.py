@@ -1,7 +1,8 @@
 """Datasets on disk: layout detection, image lists, and readers with a policy for corrupt files.
 
 Layouts (``detect_layout``):
-    segmentation  ``<root>/images/{train,val}/*`` + ``<root>/annotations/{train,val}/*.png``.
+    segmentation  ``<root>/images/<split>/*`` + ``<root>/annotations/<split>/*.png``, the splits named
+                  ``train``/``val`` or, as in the ADE20K release, ``training``/``validation``.
     imagefolder   ``<root>/<class>/**/*.jpg|png|...`` (no images directly in ``<root>``), optionally
                   under ``train/`` + ``val/`` (or ``test/``) split folders.
     unlabeled     any other folder holding images, flat or nested (targets are -1).
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "test")}
+SEGMENTATION_SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "validation")}  # ADE20K: training/validation
 LABEL_MODES = ("1", "L", "P", "I", "I;16")
 # What PIL raises on corrupt, truncated or foreign files (UnidentifiedImageError is an OSError).
 UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, Image.DecompressionBombError)
@@ -214,56 +216,77 @@ def _by_stem(paths: list[Path], folder: Path) -> dict[str, Path]:
     return {p.relative_to(folder).with_suffix("").as_posix(): p for p in paths}
 
 
-def count_label_classes(annotations: Path, ignore_index: int = IGNORE_INDEX) -> int:
-    """Largest class index in all label PNGs under ``annotations`` (``ignore_index`` skipped), plus one."""
+def segmentation_split(root: Path, split: str) -> str:
+    """The folder name of ``split`` in a segmentation folder: ``train``|``training`` or ``val``|``validation``
+    (the first with both ``images/<name>/`` and ``annotations/<name>/``); UserError if there is none."""
+    names = SEGMENTATION_SPLIT_DIRS[split]
+    for name in names:
+        if (root / "images" / name).is_dir() and (root / "annotations" / name).is_dir():
+            return name
+    choices = " or ".join(f"images/{n}/ + annotations/{n}/" for n in names)
+    raise UserError(f"segmentation folder {root} has no {split} split; expected {choices}")
+
+
+def reduce_zero_label(mask: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """ADE20K's convention (mmseg's ``reduce_zero_label``): label 0 ("other") becomes ``ignore_index``,
+    ``ignore_index`` stays, every other label ``c`` becomes ``c - 1``."""
+    out = mask - 1
+    out[(mask == 0) | (mask == ignore_index)] = ignore_index
+    return out
+
+
+def count_label_classes(annotations: Path, ignore_index: int = IGNORE_INDEX, zero_label_reduced: bool = False) -> int:
+    """Largest class index in all label PNGs under ``annotations`` plus one, ``ignore_index`` never counted
+    (labels as the dataset yields them: after :func:`reduce_zero_label` if ``zero_label_reduced``)."""
     largest = -1
     for path in list_images(annotations):
         values = np.unique(read_label(path))
-        values = values[values != ignore_index]
+        if zero_label_reduced:
+            values = reduce_zero_label(values, ignore_index)
+        values = values[(values != ignore_index) & (values >= 0)]
         if values.size:
-            largest = max(largest, int(values[-1]))
+            largest = max(largest, int(values.max()))
     if largest < 0:
-        raise UserError(f"no class labels found in the PNGs under {annotations} (all {ignore_index} = ignore?); "
-                        "fix the annotations or pass num_classes")
+        raise UserError(f"no class labels found in the PNGs under {annotations} (all ignore_index={ignore_index}"
+                        f"{' or 0, reduced' if zero_label_reduced else ''}?); fix the annotations or pass num_classes")
     return largest + 1
 
 
 class SegmentationFolder(torch.utils.data.Dataset):
     """Images with per-pixel labels: ``<root>/images/<split>/*`` paired by stem with
-    ``<root>/annotations/<split>/*.png``.
+    ``<root>/annotations/<split>/*.png`` (split folders ``train``/``val`` or ``training``/``validation``).
 
     Args:
         root: the dataset folder.
         split: ``"train"`` or ``"val"``.
-        num_classes: number of classes; default: the largest label in all annotations (``train``
-            and ``val``, ``ignore_index`` skipped) plus one.
-        ignore_index: label value of pixels to ignore.
+        num_classes: number of classes (after ``reduce_zero_label``); default: the largest label in all
+            annotations (``train`` and ``val``, ``ignore_index`` skipped) plus one.
+        ignore_index: label value of pixels to ignore; never a class.
+        reduce_zero_label: apply :func:`reduce_zero_label` to every mask (ADE20K: 0 = "other").
 
     Attributes:
         seg_num_classes: same as ``num_classes`` (the labels already include any background class).
     """
 
     def __init__(self, root: str | Path, split: str = "train", num_classes: Optional[int] = None,
-                 ignore_index: int = IGNORE_INDEX):
+                 ignore_index: int = IGNORE_INDEX, reduce_zero_label: bool = False):
         self.root, self.split, self.ignore_index = Path(root), split, ignore_index
-        image_dir, label_dir = self.root / "images" / split, self.root / "annotations" / split
-        for folder in (image_dir, label_dir):
-            if not folder.is_dir():
-                raise UserError(f"segmentation folder {self.root} has no {folder.relative_to(self.root)}/; "
-                                f"expected images/{split}/ and annotations/{split}/")
+        self.zero_label_reduced = reduce_zero_label
+        name = segmentation_split(self.root, split)
+        image_dir, label_dir = self.root / "images" / name, self.root / "annotations" / name
         images = _by_stem(list_images(image_dir), image_dir)
         labels = _by_stem([p for p in list_images(label_dir) if p.suffix.lower() == ".png"], label_dir)
         no_label, no_image = sorted(images.keys() - labels.keys()), sorted(labels.keys() - images.keys())
         if no_label or no_image:
             first = (no_label or no_image)[0]
-            raise UserError(f"segmentation folder {self.root} ({split}): {len(no_label)} image(s) without a label PNG "
+            raise UserError(f"segmentation folder {self.root} ({name}): {len(no_label)} image(s) without a label PNG "
                             f"and {len(no_image)} label(s) without an image (first unpaired: {first!r}); "
-                            f"every images/{split}/<stem>.* needs annotations/{split}/<stem>.png")
+                            f"every images/{name}/<stem>.* needs annotations/{name}/<stem>.png")
         if not images:
-            raise UserError(f"segmentation folder {self.root} has no images in images/{split}/; add image/label pairs")
+            raise UserError(f"segmentation folder {self.root} has no images in images/{name}/; add image/label pairs")
         self.pairs = [(images[stem], labels[stem]) for stem in sorted(images)]
         self.num_classes = num_classes if num_classes is not None else count_label_classes(
-            self.root / "annotations", ignore_index)
+            self.root / "annotations", ignore_index, reduce_zero_label)
         self.seg_num_classes = self.num_classes
 
     def __len__(self) -> int:
@@ -275,16 +298,20 @@ class SegmentationFolder(torch.utils.data.Dataset):
         return item["image"], item["mask"]
 
     def sample(self, index: int) -> dict:
-        """``{"image": PIL RGB, "mask": np.int64 [H, W]}`` for pair ``index``."""
+        """``{"image": PIL RGB, "mask": np.int64 [H, W]}`` for pair ``index`` (zero label reduced if asked)."""
         image_path, label_path = self.pairs[index]
         image, mask = load_rgb(image_path), read_label(label_path)
-        beyond = mask[(mask >= self.num_classes) & (mask != self.ignore_index)]
-        if beyond.size:
-            raise UserError(f"{label_path} holds label {int(beyond.max())} but num_classes={self.num_classes}; pass "
-                            f"num_classes={int(beyond.max()) + 1} or mark those pixels {self.ignore_index} (ignored)")
         if mask.shape != (image.height, image.width):
             raise UserError(f"{label_path} is {mask.shape[1]}x{mask.shape[0]} but {image_path} is "
                             f"{image.width}x{image.height}; labels must match their image's size")
+        if self.zero_label_reduced:
+            mask = reduce_zero_label(mask, self.ignore_index)
+        beyond = mask[(mask >= self.num_classes) & (mask != self.ignore_index)]
+        if beyond.size:
+            shift = int(self.zero_label_reduced)  # name the label as the file holds it
+            raise UserError(f"{label_path} holds label {int(beyond.max()) + shift} but num_classes={self.num_classes}"
+                            f"{' after reduce_zero_label' if shift else ''}; pass num_classes={int(beyond.max()) + 1} "
+                            f"or mark those pixels {self.ignore_index} (ignored)")
         return {"image": image, "mask": mask}
 
     def describe(self) -> str:

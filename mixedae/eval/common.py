@@ -71,13 +71,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def image_size_for(cfg: EvalConfig, encoder: VisionTransformer) -> int:
-    """The encoder's input size; a different ``data.image_size`` is a UserError."""
+def encoder_at_size(cfg: EvalConfig, encoder: VisionTransformer) -> tuple[VisionTransformer, int]:
+    """``(encoder, size)`` for ``data.image_size`` px inputs (default: the encoder's own size).
+
+    Any multiple of the patch size is accepted; at another size than pre-training the position
+    embedding is resampled (``VisionTransformer.with_image_size``: sin-cos recomputed, a learned
+    table interpolated bicubically).
+    """
     size = cfg.data.image_size
-    if size is not None and size != encoder.img_size:
-        raise UserError(f"data.image_size={size} but the encoder works on {encoder.img_size} px images; "
-                        f"drop the override or set data.image_size={encoder.img_size}")
-    return encoder.img_size
+    if size is None:
+        return encoder, encoder.img_size
+    if size < encoder.patch_size or size % encoder.patch_size:
+        raise UserError(f"data.image_size={size} is not a multiple of the encoder's patch size {encoder.patch_size}; "
+                        f"use e.g. data.image_size={max(1, round(size / encoder.patch_size)) * encoder.patch_size}")
+    return encoder.with_image_size(size), size
 
 
 def weights_name(info: dict[str, Any]) -> str:

@@ -39,11 +39,11 @@ from ..data.folders import UNREADABLE
 from ..data.transforms import eval_transform
 from ..distributed import resolve_device
 from ..errors import UserError
+from ..export.timm import to_timm
 from ..io import atomic_torch_save, load_checkpoint
 from ..models import VisionTransformer
-from .common import (FROZEN_POLICY, MAX_LISTED_FILES, EvalConfig, data_summary, image_size_for, labelled_splits,
+from .common import (FROZEN_POLICY, MAX_LISTED_FILES, EvalConfig, data_summary, encoder_at_size, labelled_splits,
                      readable_loader, unreadable_error)
-from .weights import to_timm
 
 FeatureFn = Callable[[Tensor], dict[str, Tensor]]
 _MEMORY: dict[str, dict[str, Tensor]] = {}
@@ -190,7 +190,7 @@ def labelled_features(encoder: VisionTransformer, info: dict[str, Any], cfg: Eva
     Returns ``(train, val, data summary)``; train/val hold ``cls``, ``patch_mean`` ``[N, D]`` and ``targets [N]``.
     The val split is read first, so an unreadable val image stops the run before the (larger) train split.
     """
-    size = image_size_for(cfg, encoder)
+    encoder, size = encoder_at_size(cfg, encoder)
     transform = eval_transform(size)
     train, val = labelled_splits(cfg, size, transform, transform)
     device = resolve_device(cfg.device)

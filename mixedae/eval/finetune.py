@@ -54,12 +54,13 @@ from ..amp import autocast, check_precision, grad_scaler
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from ..distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
 from ..errors import UserError
+from ..export.timm import timm_architecture
 from ..io import atomic_torch_save
 from ..models import VisionTransformer
 from ..schedule import cosine_lr, set_lr
-from .common import (FINETUNE_POLICY, EvalConfig, Unreadable, data_summary, image_size_for, labelled_splits,
+from .common import (FINETUNE_POLICY, EvalConfig, Unreadable, data_summary, encoder_at_size, labelled_splits,
                      load_eval_config, output_dirs, readable_loader, seed_everything, unreadable_error, write_results)
-from .weights import load_encoder, timm_architecture
+from .weights import load_encoder
 
 HEAD_KEYS = ["head.bias", "head.weight"]
 FC_NORM_KEYS = ["fc_norm.bias", "fc_norm.weight"]
@@ -260,7 +261,7 @@ def _prepare(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str 
     """Everything before the first collective: weights, data, loaders, model (may raise UserError)."""
     encoder, info = load_encoder(weights)
     out, _ = output_dirs(info, "finetune", output_dir, cfg.cache_dir)
-    size = image_size_for(cfg, encoder)
+    encoder, size = encoder_at_size(cfg, encoder)
     train, val = labelled_splits(cfg, size, train_transform(size, cfg), eval_transform(size),
                                  train_unreadable="replace")
     world = dist_info.world_size

@@ -1,15 +1,25 @@
 """Linear segmentation probe on frozen patch tokens.
 
-Images are resized to the encoder's input size (bicubic, aspect ratio not kept) and their label
-masks to ``mask_size`` (nearest; default the image size). The patch tokens of the last ``layers``
-blocks, each through the final norm, are concatenated (``[N, layers·D, h, w]``, computed once, see
-:mod:`mixedae.eval.features`); a 1×1 convolution gives per-patch class logits ``[N, K, h, w]``, which
-are upsampled bilinearly to the mask size and trained with cross-entropy (pixels equal to
-``ignore_index`` skipped) using AdamW with a warm-up + cosine schedule. mIoU and pixel accuracy come
-from the val confusion matrix (:mod:`mixedae.eval.metrics`).
+Features: the patch tokens of the last ``layers`` blocks, each through the final norm, concatenated
+(``[N, layers·D, h, w]`` for an ``S × S`` input, ``S = data.image_size``). A 1×1 convolution gives
+per-patch class logits ``[N, K, h, w]``, upsampled bilinearly to ``S × S`` and trained with
+cross-entropy (``ignore_index`` pixels skipped) using AdamW with a warm-up + cosine schedule.
+
+Images keep their aspect ratio (:mod:`mixedae.eval.segdata`): training uses ``S × S`` crops of the
+short-side-resized image (``train_crop=center`` by default, deterministic; ``train_crop=random``,
+``scale_range`` jitter and ``flip`` augment), evaluation slides an ``S × S`` window over the whole resized
+image and scores the prediction at the original resolution (:mod:`mixedae.eval.sliding`): mIoU,
+pixel accuracy and per-class IoU from the confusion matrix (:mod:`mixedae.eval.metrics`).
+
+Memory: with deterministic crops the training features are extracted once and cached (in memory
+and in the feature cache, :mod:`mixedae.eval.features`) when ``features + masks`` take at most
+``max_memory_gb`` (default 4 GB; estimate ``N · (layers·D·h·w·4 + S²·8)`` bytes); otherwise, and
+always with augmented crops, they are streamed: computed batch by batch from the images every epoch
+(same batches, same schedule, nothing held). Evaluation always streams, one image at a time.
 
 Data: the synthetic scenes (mask 0 = background, c + 1 = shape c) or a segmentation folder
-(``images/{train,val}/`` + ``annotations/{train,val}/`` label PNGs with the same stems).
+(``images/{train,val}/`` + ``annotations/{train,val}/`` label PNGs with the same stems, or ADE20K's
+``training``/``validation``); ``reduce_zero_label=true`` for ADE20K.
 """
 
 from __future__ import annotations
@@ -17,38 +27,36 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import Dataset
-from torchvision import transforms as T
+from torch.utils.data import DataLoader
 
-from ..data import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, build_segmentation_dataset
 from ..distributed import resolve_device
 from ..errors import UserError
-from .common import EvalConfig, image_size_for, load_eval_config, output_dirs, seed_everything, write_results
+from ..export.timm import to_timm
+from .common import encoder_at_size, load_eval_config, output_dirs, seed_everything, write_results
 from .features import patch_features, split_features
-from .metrics import confusion_matrix, segmentation_scores
-from .probe import train_head
-from .weights import load_encoder, to_timm
+from .metrics import segmentation_scores
+from .probe import train_head, train_head_streamed
+from .segdata import (SegmentationConfig, SegmentationCrops, SegmentationImages, check_labels, data_summary, geometry,
+                      segmentation_splits)
+from .sliding import segmentation_confusion
+from .weights import load_encoder
 
 
 @dataclass
-class SegprobeConfig(EvalConfig):
+class SegprobeConfig(SegmentationConfig):
     layers: int = 1  # concatenate the patch tokens of the last `layers` blocks
     epochs: int = 30
     warmup_epochs: float = 2.0
-    batch_size: int = 16  # images per step
+    batch_size: int = 16  # crops per step
     lr: float = 1e-3
     min_lr: float = 0.0
     weight_decay: float = 1e-4
-    ignore_index: int = IGNORE_INDEX
-    mask_size: Optional[int] = None  # default: the image size
-    num_classes: Optional[int] = None  # segmentation folders: default scanned from the label PNGs
+    max_memory_gb: float = 4.0  # keep training features in memory (and cached) up to this size, else stream
 
     def validate(self) -> None:
         super().validate()
@@ -56,31 +64,8 @@ class SegprobeConfig(EvalConfig):
             raise UserError("layers, epochs and batch_size must be >= 1")
 
 
-class SegmentationPairs(Dataset):
-    """``(image [3, S, S] normalised, mask [M, M] int64)`` from a dataset with ``sample(i)``.
-
-    Args:
-        base: SyntheticScenes or SegmentationFolder (``sample(i) -> {"image": PIL, "mask": np.int64 [H, W]}``).
-        image_size: ``S``; mask_size: ``M``.
-    """
-
-    def __init__(self, base, image_size: int, mask_size: int):
-        self.base, self.mask_size = base, mask_size
-        self.transform = T.Compose([T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BICUBIC),
-                                    T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-        self.pairs = getattr(base, "pairs", None)  # file list of folders, for the feature cache key
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        item = self.base.sample(index)
-        mask = Image.fromarray(item["mask"].astype(np.int32)).resize((self.mask_size, self.mask_size), Image.NEAREST)
-        return self.transform(item["image"]), torch.from_numpy(np.asarray(mask, dtype=np.int64))
-
-
 def upsampled_loss(ignore_index: int):
-    """``(logits [N, K, h, w], masks [N, M, M])`` → cross-entropy of the bilinearly upsampled logits."""
+    """``(logits [N, K, h, w], masks [N, S, S])`` → cross-entropy of the bilinearly upsampled logits."""
 
     def loss(logits: Tensor, masks: Tensor) -> Tensor:
         up = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
@@ -89,12 +74,24 @@ def upsampled_loss(ignore_index: int):
     return loss
 
 
-@torch.no_grad()
-def predict(head: nn.Module, patches: Tensor, mask_size: int, chunk: int = 64) -> Tensor:
-    """``patches [N, C, h, w]`` → predicted classes ``[N, M, M]`` (upsampled logits' argmax)."""
-    out = [F.interpolate(head(x), size=(mask_size, mask_size), mode="bilinear", align_corners=False).argmax(1)
-           for x in patches.split(chunk)]
-    return torch.cat(out)
+def feature_bytes(n: int, channels: int, grid: int, window: int) -> int:
+    """Memory of ``n`` training items held at once: float32 features ``[C, g, g]`` and int64 masks ``[S, S]``."""
+    return n * (channels * grid * grid * 4 + window * window * 8)
+
+
+def streamed_batches(fn, dataset: SegmentationCrops, num_classes: int, num_workers: int, device: torch.device):
+    """``batches(epoch, index_lists)`` for :func:`train_head_streamed`: images → frozen features per batch."""
+
+    def batches(epoch: int, index_lists: list[Tensor]) -> Iterable[tuple[Tensor, Tensor]]:
+        dataset.epoch = epoch
+        loader = DataLoader(dataset, batch_sampler=[idx.tolist() for idx in index_lists], num_workers=num_workers)
+        for imgs, masks in loader:
+            check_labels(masks, num_classes, dataset.transform.ignore_index)
+            with torch.no_grad():
+                patches = fn(imgs.to(device))["patches"]
+            yield patches, masks.to(device)
+
+    return batches
 
 
 def run_segprobe(weights: str | Path, data: str, *, overrides: Sequence[str] = (),
@@ -107,32 +104,45 @@ def run_segprobe(weights: str | Path, data: str, *, overrides: Sequence[str] = (
         raise UserError(f"layers={cfg.layers} but the encoder has {encoder.depth} blocks; use layers<={encoder.depth}")
     out, cache = output_dirs(info, "segprobe", output_dir, cfg.cache_dir)
     start = time.time()
-    size = image_size_for(cfg, encoder)
-    mask_size = cfg.mask_size or size
-    opts = dict(image_size=size, num_samples=cfg.data.num_samples, seed=cfg.data.seed, num_classes=cfg.num_classes)
-    splits = {s: SegmentationPairs(build_segmentation_dataset(cfg.data.spec, s, **opts), size, mask_size)
-              for s in ("train", "val")}
-    num_classes = splits["train"].base.seg_num_classes
+    encoder, size = encoder_at_size(cfg, encoder)
+    train_base, val_base, num_classes = segmentation_splits(cfg, size)
+    geom = geometry(cfg, size)
+    train = SegmentationCrops(train_base, geom, cfg.seed)
     device = resolve_device(cfg.device)
     fn = patch_features(to_timm(encoder).to(device), cfg.layers)
-    feats = split_features(patch_features(to_timm(encoder).to(device), cfg.layers), splits, info, cfg, size,
-                           f"patches-{cfg.layers}-mask{mask_size}", cache, device)
-    x_train, y_train = feats["train"]["patches"].to(device), feats["train"]["targets"].to(device)
-    head = nn.Conv2d(x_train.shape[1], num_classes, kernel_size=1).to(device)
+    channels = cfg.layers * encoder.embed_dim
+    head = nn.Conv2d(channels, num_classes, kernel_size=1).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history = train_head(head, x_train, y_train, upsampled_loss(cfg.ignore_index), optimizer, epochs=cfg.epochs,
-                         warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, base_lr=cfg.lr,
-                         min_lr=cfg.min_lr, seed=cfg.seed, progress=cfg.progress, desc="segmentation probe")
-    pred = predict(head, feats["val"]["patches"].to(device), mask_size).cpu()
-    conf = confusion_matrix(pred, feats["val"]["targets"], num_classes, cfg.ignore_index)
+    options = dict(epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, base_lr=cfg.lr,
+                   min_lr=cfg.min_lr, seed=cfg.seed, progress=cfg.progress, desc="segmentation probe")
+    loss = upsampled_loss(cfg.ignore_index)
+    in_memory = geom.deterministic and feature_bytes(len(train), channels, size // encoder.patch_size,
+                                                     size) <= cfg.max_memory_gb * 2**30
+    if in_memory:
+        kind = f"patches-{cfg.layers}-labels-{cfg.ignore_index}-{'rzl' if cfg.reduce_zero_label else 'raw'}"
+        feats = split_features(fn, {"train": train}, info, cfg, size, kind, cache, device)["train"]
+        check_labels(feats["targets"], num_classes, cfg.ignore_index)
+        history = train_head(head, feats["patches"].to(device), feats["targets"].to(device), loss, optimizer, **options)
+    else:
+        batches = streamed_batches(fn, train, num_classes, cfg.data.num_workers, device)
+        history = train_head_streamed(head, len(train), batches, loss, optimizer, **options)
+
+    def logits_fn(windows: Tensor) -> Tensor:
+        return F.interpolate(head(fn(windows)["patches"]), size=windows.shape[-2:], mode="bilinear",
+                             align_corners=False)
+
+    conf = segmentation_confusion(logits_fn, SegmentationImages(val_base, geom), num_classes, cfg.ignore_index,
+                                  window=size, stride=cfg.window_stride(size),
+                                  batch_size=cfg.extract_batch_size, device=device, num_workers=cfg.data.num_workers,
+                                  progress=cfg.progress, desc="segmentation probe (val)")
     results = {
         "protocol": "segprobe",
         **segmentation_scores(conf),
         "num_classes": num_classes,
         "confusion": conf.tolist(),
+        "features": "memory" if in_memory else "streamed",
         "history": history,
-        "data": {"spec": cfg.data.spec, "train": len(splits["train"]), "val": len(splits["val"]),
-                 "num_classes": num_classes, "image_size": size, "mask_size": mask_size},
+        "data": data_summary(cfg, train_base, val_base, num_classes, geom),
         "time_s": time.time() - start,
     }
     return write_results(results, out, cfg, info)

@@ -1,9 +1,10 @@
-"""Load a ViT encoder from anything ``--weights`` may name, and export it as a timm checkpoint.
+"""Load a ViT encoder from anything ``--weights`` may name.
 
 Accepted (CLI.md):
     * a pre-training run folder (its ``last.pt``) or any pre-training checkpoint we write
       (``{"model": whole model, encoder under "encoder.", "arch": {"name", "kwargs"}}``);
-    * an export folder (``config.json`` + ``model.safetensors`` | ``pytorch_model.pth``, below);
+    * a timm export folder (``config.json`` + ``model.safetensors`` | ``pytorch_model.pth``, written by
+      ``mixedae export``, see :mod:`mixedae.export.timm`);
     * an MAE-style checkpoint ``{"model": encoder state dict with timm keys}`` as in the official
       MAE releases, or a bare state dict (``.pth``/``.safetensors``). Without an ``arch`` the
       architecture is read from the tensors: ``embed_dim`` and the image grid from ``pos_embed``
@@ -15,11 +16,9 @@ Accepted (CLI.md):
       Decoder keys (``decoder*``, ``mask_token``), ``head.*`` and ``fc_norm.*`` are ignored; every
       encoder key must be present and used (a missing or unexpected one is a UserError naming it).
 
-Export (``export_encoder``) writes ``model.safetensors`` and ``pytorch_model.pth`` (encoder only,
-timm keys) and a timm/Hugging Face style ``config.json``; the folder then loads with
-``timm.create_model("local-dir:<folder>", pretrained=True)`` or with
-``timm.create_model(config["architecture"], pretrained=True, pretrained_cfg_overlay=dict(file=<weights>,
-num_classes=0), **config["model_args"])``.
+The encoder keeps the position embedding it was saved with (a learned one too); evaluating at
+another size resamples it (``VisionTransformer.with_image_size``). Exports to other libraries are
+in :mod:`mixedae.export`.
 """
 
 from __future__ import annotations
@@ -31,22 +30,19 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..data.transforms import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, SMALL_IMAGE
 from ..errors import UserError
-from ..io import atomic_torch_save, atomic_write, atomic_write_json, load_checkpoint
+from ..export.mmseg import CONFIG as FOREIGN_EXPORT  # detectron2's export.json has the same name
+from ..export.timm import CONFIG as EXPORT_CONFIG, WEIGHTS as EXPORT_FILES
+from ..io import load_checkpoint
 from ..models import VisionTransformer, create_model
 
 RUN_CHECKPOINT = "last.pt"
-EXPORT_CONFIG = "config.json"
-EXPORT_FILES = ("model.safetensors", "pytorch_model.pth")  # preference order when loading
 IGNORED_PREFIXES = ("decoder", "mask_token", "head.", "fc_norm.")
 STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
-TIMM_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large"}
 ENCODER_ARGS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias")
 
 
@@ -135,13 +131,24 @@ def _from_pretraining(ckpt: dict[str, Any], path: Path) -> tuple[VisionTransform
     return encoder, {"kind": "checkpoint", "name": arch["name"], "epoch": ckpt.get("epoch"), "step": ckpt.get("step")}
 
 
+def _reexport_hint(folder: Path) -> str:
+    """What to do with a folder that is not a timm export (an hf export has a transformers config.json)."""
+    try:
+        hf = json.loads((folder / EXPORT_CONFIG).read_text()).get("model_type") == "vit"
+    except (OSError, ValueError, AttributeError):
+        hf = False
+    if hf:
+        return "it is a transformers export (--format hf), which mixedae does not read back: pass the run or a timm export"
+    return "re-create it with mixedae export"
+
+
 def _from_export(folder: Path) -> tuple[VisionTransformer, dict[str, Any], Path]:
     try:
         config = json.loads((folder / EXPORT_CONFIG).read_text())
         args = config["model_args"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{folder / EXPORT_CONFIG} is not an export config with model_args ({e}); "
-                        "re-create it with mixedae export") from None
+                        f"{_reexport_hint(folder)}") from None
     path = next((folder / n for n in EXPORT_FILES if (folder / n).is_file()), None)
     if path is None:
         raise UserError(f"export folder {folder} has no {' or '.join(EXPORT_FILES)}; re-create it with mixedae export")
@@ -185,6 +192,9 @@ def load_encoder(weights: str | Path) -> tuple[VisionTransformer, dict[str, Any]
         elif (path / EXPORT_CONFIG).is_file():
             encoder, info, file = _from_export(path)
             return _finish(encoder, info, file, None)
+        elif (path / FOREIGN_EXPORT).is_file():
+            raise UserError(f"{path} is an mmseg/detectron2 export (it has {FOREIGN_EXPORT}), which mixedae does not "
+                            "read back; pass the run folder, its checkpoint or a --format timm export")
         else:
             raise UserError(f"{path} is a folder but neither a run folder (no {RUN_CHECKPOINT}) nor an export folder "
                             f"(no {EXPORT_CONFIG}); pass a run folder, a checkpoint file or an export folder")
@@ -209,80 +219,3 @@ def _finish(encoder: VisionTransformer, info: dict, path: Path, run_dir: Optiona
     info.update(path=str(path), run_dir=str(run_dir) if run_dir else None, model_args=encoder.timm_kwargs(),
                 fingerprint=_fingerprint(encoder))
     return encoder.eval(), info
-
-
-# ------------------------------------------------------------------------------------------------
-# timm
-# ------------------------------------------------------------------------------------------------
-def timm_architecture(encoder: VisionTransformer) -> str:
-    """A registered timm ViT name for the encoder's width (its ``model_args`` set the rest).
-
-    ``vit_<size>_patch<p>_<img>`` if timm has it, else ``vit_<size>_patch16_224`` (``base`` for
-    non-standard widths); the architecture arguments always come from ``timm_kwargs()``.
-    """
-    size = TIMM_SIZES.get(encoder.embed_dim, "base")
-    exact = f"vit_{size}_patch{encoder.patch_size}_{encoder.img_size}"
-    return exact if timm.is_model(exact) else f"vit_{size}_patch16_224"
-
-
-def to_timm(encoder: VisionTransformer) -> nn.Module:
-    """timm's VisionTransformer (``num_classes=0``, cls-token pooling) holding the encoder's weights.
-
-    Loaded strictly: the two models have the same keys and give the same ``forward_features``.
-    """
-    model = timm.create_model(timm_architecture(encoder), pretrained=False, num_classes=0, global_pool="token",
-                              **encoder.timm_kwargs())
-    model.load_state_dict(encoder.state_dict(), strict=True)
-    return model.eval()
-
-
-def export_config(encoder: VisionTransformer, info: dict[str, Any]) -> dict[str, Any]:
-    """timm / Hugging Face style ``config.json`` for an exported encoder."""
-    size = encoder.img_size
-    return {
-        "architecture": timm_architecture(encoder),
-        "num_classes": 0,
-        "num_features": encoder.embed_dim,
-        "global_pool": "token",
-        "model_args": encoder.timm_kwargs(),
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "pretrained_cfg": {
-            "input_size": [encoder.in_chans, size, size],
-            "fixed_input_size": True,
-            "interpolation": "bicubic",
-            "crop_pct": CROP_RATIO if size > SMALL_IMAGE else 1.0,  # as mixedae.data.transforms.eval_transform
-            "crop_mode": "center",
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-            "num_classes": 0,
-            "first_conv": "patch_embed.proj",
-            "classifier": "head",
-            "custom_load": False,
-        },
-        "mixedae": {k: info.get(k) for k in ("kind", "name", "path", "epoch", "step")},
-    }
-
-
-def export_encoder(weights: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Write the encoder of ``weights`` to ``out_dir`` as a timm checkpoint (every file atomically).
-
-    Files: ``model.safetensors`` and ``pytorch_model.pth`` (same tensors, timm keys, encoder only)
-    and ``config.json`` (written last). Returns ``{"out_dir", "files", "config"}``.
-    """
-    encoder, info = load_encoder(weights)
-    out = Path(out_dir)
-    state = {k: v.detach().clone().contiguous() for k, v in encoder.state_dict().items()}
-    atomic_write(out / EXPORT_FILES[0], lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
-    atomic_torch_save(state, out / EXPORT_FILES[1])
-    config = export_config(encoder, info)
-    atomic_write_json(config, out / EXPORT_CONFIG)
-    return {"out_dir": str(out), "files": [str(out / n) for n in (*EXPORT_FILES, EXPORT_CONFIG)], "config": config}
-
-
-def export_summary(result: dict[str, Any]) -> str:
-    """One line naming the exported architecture and files."""
-    args = result["config"]["model_args"]
-    return (f"exported {result['config']['architecture']} encoder (img {args['img_size']}, patch {args['patch_size']}, "
-            f"dim {args['embed_dim']}, depth {args['depth']}, heads {args['num_heads']}) to {result['out_dir']}: "
-            + ", ".join(Path(f).name for f in result["files"]))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp, PatchEmbed
 from torch import Tensor, nn
 
-from .pos_embed import sincos_pos_embed_2d
+from .pos_embed import resample_pos_embed, sincos_pos_embed_2d
 
 
 def homologous_fraction(kept: Tensor, token_src: Tensor) -> Tensor:
@@ -166,6 +166,19 @@ class VisionTransformer(nn.Module):
             mlp_ratio=self.mlp_ratio,
             qkv_bias=self.qkv_bias,
         )
+
+    def with_image_size(self, img_size: int) -> "VisionTransformer":
+        """This encoder for ``img_size`` px inputs: ``self`` at its own size, else a copy with the same
+        weights whose position embedding is resampled (:func:`~mixedae.models.pos_embed.resample_pos_embed`:
+        the sin-cos table recomputed, a learned one interpolated bicubically). ValueError unless
+        ``img_size`` is a multiple of the patch size."""
+        if img_size == self.img_size:
+            return self
+        resized = VisionTransformer(**{**self.timm_kwargs(), "img_size": img_size})
+        state = self.state_dict()
+        state["pos_embed"] = resample_pos_embed(state["pos_embed"], resized.grid_size)
+        resized.load_state_dict(state)
+        return resized.to(self.pos_embed.device).train(self.training)
 
     def embed_patches(self, imgs: Tensor) -> Tensor:
         """``imgs: [N, C, H, W]`` → patch tokens with position embedding ``[N, L, D]`` (no cls)."""

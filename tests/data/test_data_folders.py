@@ -7,8 +7,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as F
 
-from mixedae.data import (ImageFiles, SegmentationFolder, build_dataset, build_segmentation_dataset,
+from mixedae.data import (ImageFiles, SegmentationFolder, SyntheticScenes, build_dataset, build_segmentation_dataset,
                           describe_dataset, kind_of, load_rgb)
+from mixedae.data.folders import reduce_zero_label
 from mixedae.errors import UserError
 
 
@@ -181,3 +182,42 @@ def test_segmentation_of_a_classification_folder_is_a_user_error(tmp_path, class
     with pytest.raises(UserError, match="not a segmentation folder"):
         build_segmentation_dataset(str(tmp_path))
     assert build_segmentation_dataset("synthetic", "val", num_samples=50).seg_num_classes == 7
+
+
+def test_reduce_zero_label_by_hand():
+    mask = np.array([[0, 1, 2], [150, 255, 3]])
+    assert reduce_zero_label(mask, 255).tolist() == [[255, 0, 1], [149, 255, 2]]
+    assert reduce_zero_label(mask, -1).tolist() == [[-1, 0, 1], [149, 254, 2]]  # another ignore value
+
+
+def test_ignore_index_is_never_a_class_and_zero_label_reduction(tmp_path, save_image):
+    _segmentation_tree(tmp_path / "small", save_image, stems=("s0",))  # label maps of 0, 1, 2 only
+    for png in (tmp_path / "small" / "annotations").rglob("*.png"):
+        Image.fromarray(np.arange(36, dtype=np.uint8).reshape(6, 6) % 3).save(png)
+    assert SegmentationFolder(tmp_path / "small", "train").num_classes == 3
+    assert SegmentationFolder(tmp_path / "small", "train", ignore_index=2).num_classes == 2  # 2 is not a class
+    _segmentation_tree(tmp_path, save_image)  # labels 0..3 (train) and 0..4 (val), one 255 pixel each
+    reduced = SegmentationFolder(tmp_path, "val", reduce_zero_label=True)
+    assert reduced.seg_num_classes == 4  # labels 1..4 become 0..3, 0 and 255 are ignored
+    raw = np.asarray(Image.open(tmp_path / "annotations" / "val" / "s1.png")).astype(np.int64)
+    expected = np.where((raw == 0) | (raw == 255), 255, raw - 1)
+    assert np.array_equal(reduced.sample(1)["mask"], expected)
+    synthetic = build_segmentation_dataset("synthetic", "val", image_size=16, num_samples=10, reduce_zero_label=True)
+    scene = SyntheticScenes(2, 16, 0, "val").sample(0)["mask"]
+    assert synthetic.seg_num_classes == 6 and np.array_equal(synthetic.sample(0)["mask"],
+                                                             np.where(scene == 0, 255, scene - 1))
+
+
+def test_ade20k_split_names(tmp_path, save_image):
+    for split, stems in (("training", ("a", "b")), ("validation", ("c",))):
+        for i, stem in enumerate(stems):
+            save_image(tmp_path / "images" / split / f"{stem}.jpg", size=6, seed=i)
+            (tmp_path / "annotations" / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((6, 6), i + 1, dtype=np.uint8)).save(tmp_path / "annotations" / split / f"{stem}.png")
+    assert kind_of(str(tmp_path)) == "segmentation"
+    assert len(build_segmentation_dataset(str(tmp_path), "train")) == 2
+    assert len(build_segmentation_dataset(str(tmp_path), "val")) == 1
+    assert len(build_dataset(str(tmp_path), "val")) == 1  # pre-training reads images/validation
+    (tmp_path / "annotations" / "validation").rename(tmp_path / "annotations" / "valid")
+    with pytest.raises(UserError, match="no val split; expected images/val/ \\+ annotations/val/ or images/validation/"):
+        SegmentationFolder(tmp_path, "val")

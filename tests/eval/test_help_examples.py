@@ -13,11 +13,13 @@ from mixedae.config import PretrainConfig, load_config
 from mixedae.eval.finetune import FinetuneConfig
 from mixedae.eval.knn import KnnConfig
 from mixedae.eval.linprobe import LinprobeConfig
+from mixedae.eval.segfinetune import SegFinetuneConfig
 from mixedae.eval.segprobe import SegprobeConfig
 from mixedae.eval.transfer import PROTOCOLS as TRANSFER_PROTOCOLS, protocol_overrides
 
 CONFIGS = {"pretrain": PretrainConfig, "knn": KnnConfig, "linprobe": LinprobeConfig, "finetune": FinetuneConfig,
-           "segprobe": SegprobeConfig, "visualize": VisualizeConfig, "transfer": None}  # transfer: per protocol
+           "segprobe": SegprobeConfig, "segfinetune": SegFinetuneConfig, "visualize": VisualizeConfig,
+           "transfer": None}  # transfer: per protocol
 TRANSFER_CONFIGS = {"knn": KnnConfig, "linprobe": LinprobeConfig}
 
 

@@ -78,6 +78,24 @@ def test_knn_cli_matches_brute_force(run_dir, tmp_path, capsys):
     assert res["top1"] == res["cls"]["top1"]["20"] and res["headline"] == {"feature": "cls", "k": 20}
 
 
+def test_protocols_run_at_another_image_size(run_dir, tmp_path):
+    """data.image_size=24 on a 16 px encoder: the sin-cos table is recomputed, as a 24 px encoder would have it."""
+    out = tmp_path / "knn24"
+    assert main(["knn", "--weights", str(run_dir), "--data", "synthetic", *DATA, "data.image_size=24", "--k", "5",
+                 "--output-dir", str(out)]) == 0
+    ref = reference_encoder(run_dir)
+    encoder = VisionTransformer(img_size=24, patch_size=4, embed_dim=32, depth=1, num_heads=2).eval()
+    encoder.load_state_dict({**ref.state_dict(), "pos_embed": encoder.pos_embed})
+    feats = {}
+    for split, n in (("train", 40), ("val", 8)):
+        ds = SyntheticScenes(n, 24, 0, split, eval_transform(24))
+        imgs, labels = zip(*(ds[i] for i in range(n)))
+        with torch.no_grad():
+            feats[split] = (encoder(torch.stack(imgs)), torch.tensor(labels))
+    expected = brute_force_knn_top1(*feats["train"], *feats["val"], k=5)
+    assert results_of(out)["cls"]["top1"]["5"] == pytest.approx(expected)
+
+
 def test_default_output_dirs_and_the_feature_cache(tmp_path, monkeypatch):
     run = write_run(tmp_path / "run")
     assert main(["knn", "--weights", str(run), "--data", "synthetic", *DATA, "--k", "10"]) == 0
@@ -150,45 +168,6 @@ def test_finetune_model_takes_every_encoder_weight(run_dir):
     token_pooled = timm.create_model("vit_base_patch16_224", num_classes=5, global_pool="token", **encoder.timm_kwargs())
     with pytest.raises(UserError, match="fc_norm"):
         load_into_timm(token_pooled, encoder)
-
-
-def test_segprobe_cli_on_synthetic_masks(run_dir, tmp_path):
-    out = tmp_path / "seg"
-    assert main(["segprobe", "--weights", str(run_dir), "--data", "synthetic", *DATA, "epochs=2",
-                 "--output-dir", str(out)]) == 0
-    res = results_of(out)
-    conf = np.array(res["confusion"], dtype=np.float64)
-    assert conf.shape == (7, 7) and conf.sum() == 8 * 16 * 16  # every val pixel, background + 6 shapes
-    tp = np.diag(conf)
-    union = conf.sum(0) + conf.sum(1) - tp
-    assert res["mIoU"] == pytest.approx(100 * np.mean(tp[union > 0] / union[union > 0]))
-    assert res["pixel_acc"] == pytest.approx(100 * tp.sum() / conf.sum())
-    assert 0 <= res["mIoU"] <= 100 and len(res["history"]) == 2
-
-
-def make_segmentation_folder(root: Path, pair_up: bool = True) -> Path:
-    for split, n in (("train", 6), ("val", 3)):
-        write_images(root / "images" / split, n, seed=n)
-        write_images(root / "annotations" / split, n if pair_up else n - 1, seed=n + 1, mode="L")
-    return root
-
-
-def test_segprobe_cli_on_a_segmentation_folder(run_dir, tmp_path):
-    data = make_segmentation_folder(tmp_path / "seg")
-    out = tmp_path / "out"
-    assert main(["segprobe", "--weights", str(run_dir), "--data", str(data), "progress=false", "data.num_workers=0",
-                 "epochs=1", "ignore_index=2", "mask_size=20", "--output-dir", str(out)]) == 0
-    res = results_of(out)
-    conf = np.array(res["confusion"])
-    labels = np.concatenate([np.asarray(Image.open(p)).ravel() for p in sorted((data / "annotations" / "val").glob("*.png"))])
-    assert res["num_classes"] == 3 and conf.sum() == (labels != 2).sum()  # label 2 ignored, 20 x 20 masks kept
-
-
-def test_segprobe_unpaired_folder_exit_2(run_dir, tmp_path, capsys):
-    data = make_segmentation_folder(tmp_path / "seg", pair_up=False)
-    rc = main(["segprobe", "--weights", str(run_dir), "--data", str(data), "progress=false"])
-    err = capsys.readouterr().err
-    assert rc == 2 and len(err.strip().splitlines()) == 1 and "without a label" in err
 
 
 def test_transfer_table(run_dir, tmp_path, capsys):

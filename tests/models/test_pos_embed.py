@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mixedae.models.decoder import Decoder
-from mixedae.models.pos_embed import sincos_pos_embed_2d
+from mixedae.models.pos_embed import is_sincos, resample_pos_embed, sincos_pos_embed_2d
 from mixedae.models.vit import VisionTransformer
 
 
@@ -65,3 +65,62 @@ def test_models_use_fixed_sincos_tables():
 def test_width_not_multiple_of_four_raises(dim):
     with pytest.raises(ValueError, match="divisible by 4"):
         sincos_pos_embed_2d(dim, 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# resampling to another image size
+# ------------------------------------------------------------------------------------------------
+def test_sincos_table_is_recomputed_for_another_grid():
+    table = torch.from_numpy(mae_formula(16, 4)).float()
+    pos = torch.cat([torch.zeros(1, 16), table])[None]  # as MAE's releases store it (float32)
+    assert is_sincos(pos)
+    new = resample_pos_embed(pos, 6)
+    assert new.shape == (1, 37, 16) and torch.count_nonzero(new[0, 0]) == 0
+    np.testing.assert_allclose(new[0, 1:].double().numpy(), mae_formula(16, 6), atol=1e-6, rtol=0)
+
+
+def test_learned_table_is_interpolated_bicubically_with_its_cls_row_kept():
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randn(1, 1 + 16, 8, generator=g)
+    assert not is_sincos(pos)
+    new = resample_pos_embed(pos, 6)
+    # reference: the 4 x 4 grid (row-major tokens) as an image with 8 channels, upsampled bicubically
+    grid = pos[0, 1:].reshape(4, 4, 8).permute(2, 0, 1)[None]
+    expected = torch.nn.functional.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(new[0, 1:], expected[0].permute(1, 2, 0).reshape(36, 8), atol=1e-6, rtol=0)
+    torch.testing.assert_close(new[0, 0], pos[0, 0])
+
+
+def test_an_almost_sincos_table_counts_as_learned():
+    pos = sincos_pos_embed_2d(16, 4, cls_token=True)[None].clone()
+    pos[0, 5, 3] += 1e-3  # fine-tuned away from the fixed table
+    assert not is_sincos(pos)
+    pos = sincos_pos_embed_2d(16, 4, cls_token=True)[None].clone()
+    pos[0, 0, 0] = 0.5  # a learned cls position
+    assert not is_sincos(pos)
+
+
+def test_encoder_at_another_size_equals_one_built_there():
+    """Resampling our fixed table must give exactly the encoder a 24 px pre-training would have built."""
+    torch.manual_seed(0)
+    enc = VisionTransformer(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2).eval()
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    big = enc.with_image_size(24)
+    assert big.img_size == 24 and big.grid_size == 6 and enc.with_image_size(16) is enc
+    fresh = VisionTransformer(img_size=24, patch_size=4, embed_dim=16, depth=2, num_heads=2).eval()
+    state = {k: v for k, v in enc.state_dict().items() if k != "pos_embed"}
+    fresh.load_state_dict({**state, "pos_embed": fresh.pos_embed}, strict=True)
+    x = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(big.forward_features(x), fresh.forward_features(x), atol=1e-6, rtol=0)
+    assert not big.pos_embed.requires_grad and not big.training
+    with torch.no_grad():  # a learned table (e.g. a fine-tuned checkpoint) is interpolated instead
+        enc.pos_embed.normal_()
+    grid = enc.pos_embed[0, 1:].reshape(4, 4, 16).permute(2, 0, 1)[None]
+    expected = torch.nn.functional.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(enc.with_image_size(24).pos_embed[0, 1:], expected[0].permute(1, 2, 0).reshape(36, 16))
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        enc.with_image_size(18)
