@@ -33,25 +33,40 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected an integer or a comma list like 10,20,100, got {text!r}") from None
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+RANDOM_INIT_HELP = ("evaluate an untrained encoder of the same shape as --weights instead (initialised with seed=, "
+                    "default 0); results go to <run>/eval/<protocol>-random, never over the trained ones")
+
+
+def _common(p: argparse.ArgumentParser, random_init: bool = False) -> None:
     p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--output-dir", help="results folder (default <run>/eval/<protocol> or runs/eval/<name>/<protocol>)")
+    if random_init:
+        p.add_argument("--random-init", action="store_true", help=RANDOM_INIT_HELP)
     add_overrides(p)
+
+
+def _weights_args(args: argparse.Namespace, protocol: str) -> tuple:
+    """``(weights, output_dir, overrides)``: as given, or those of the untrained encoder with --random-init."""
+    if not getattr(args, "random_init", False):
+        return args.weights, args.output_dir, args.overrides
+    from ..eval.random_init import random_init_run
+
+    return random_init_run(args.weights, protocol, args.overrides, args.output_dir)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("knn", help="weighted k-NN on frozen features (top-1)",
                        description="DINO's weighted k-NN (cosine, exp(sim/T) votes) on frozen cls and mean-patch "
                                    "features; the headline is cls top-1 at k=20.")
-    _common(p)
+    _common(p, random_init=True)
     p.add_argument("--k", type=int_list, default=[10, 20, 100, 200], help="k or comma list (default 10,20,100,200)")
     p.add_argument("--temperature", type=float, default=0.07, help="vote temperature T (default 0.07)")
     p.set_defaults(func=run_knn_command)
 
     for name, (short, description) in PROTOCOLS.items():
         p = sub.add_parser(name, help=short, description=description)
-        _common(p)
+        _common(p, random_init=name != "finetune")
         p.set_defaults(func=run_protocol_command, protocol=name)
 
     p = sub.add_parser("transfer", help="k-NN / linear probe over several datasets: one table",
@@ -75,8 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_knn_command(args: argparse.Namespace) -> int:
     from ..eval.knn import run_knn, summary
 
-    print(summary(run_knn(args.weights, args.data, ks=args.k, temperature=args.temperature, overrides=args.overrides,
-                          output_dir=args.output_dir)))
+    weights, output_dir, overrides = _weights_args(args, "knn")
+    print(summary(run_knn(weights, args.data, ks=args.k, temperature=args.temperature, overrides=overrides,
+                          output_dir=output_dir)))
     return 0
 
 
@@ -85,7 +101,8 @@ def run_protocol_command(args: argparse.Namespace) -> int:
 
     module = {"linprobe": linprobe, "finetune": finetune, "segprobe": segprobe}[args.protocol]
     run = getattr(module, f"run_{args.protocol}")
-    text = module.summary(run(args.weights, args.data, overrides=args.overrides, output_dir=args.output_dir))
+    weights, output_dir, overrides = _weights_args(args, args.protocol)
+    text = module.summary(run(weights, args.data, overrides=overrides, output_dir=output_dir))
     if text:
         print(text)
     return 0
