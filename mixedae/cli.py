@@ -14,10 +14,10 @@ import sys
 from typing import Optional, Sequence
 
 from . import __version__
-from .commands import evaluate, pretrain, visualize
+from .commands import evaluate, pretrain, study, visualize
 from .errors import UserError
 
-COMMAND_GROUPS = (pretrain, evaluate, visualize)
+COMMAND_GROUPS = (pretrain, evaluate, visualize, study)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -9,11 +9,12 @@ protocol reads it like any other weights.
 ``mixedae knn|linprobe|segprobe --weights W --random-init`` (:func:`random_init_run`) evaluates the
 untrained encoder of ``W``'s shape, seeded by the protocol's ``seed`` key:
 
-    <eval root of W>/random-init/seed-<s>/             the untrained encoder (written once, then reused)
-    <eval root of W>/random-init/seed-<s>/features/    its feature cache (shared by the protocols)
-    <eval root of W>/<protocol>-random/results.json    the protocol's results
+    <home>/random-init/seed-<s>/             the untrained encoder (written once, then reused)
+    <home>/random-init/seed-<s>/features/    its feature cache (shared by the protocols)
+    <eval root>/<protocol>-random/results.json   the protocol's results
 
-(the eval root is ``<run>/eval`` for a run folder, see :mod:`mixedae.eval.common``). The trained
+where ``<home>`` is the run folder of ``W`` (outside ``eval/``, which holds results only) or, for
+other weights, their eval root ``runs/eval/<name>`` (see :mod:`mixedae.eval.common`). The trained
 results in ``<eval root>/<protocol>/`` and the trained feature cache are never read or written:
 besides living in other folders, cache entries are keyed by the weights file's path.
 """
@@ -88,7 +89,8 @@ def random_init_run(weights: str | Path, protocol: str, overrides: Sequence[str]
     seed = override_seed(overrides)
     encoder, info = load_encoder(weights)
     root = eval_root(info)
-    folder = write_random_encoder(encoder.timm_kwargs(), seed, root / RANDOM_DIR / f"seed-{seed}", str(info["path"]))
+    home = Path(info["run_dir"]) if info.get("run_dir") else root
+    folder = write_random_encoder(encoder.timm_kwargs(), seed, home / RANDOM_DIR / f"seed-{seed}", str(info["path"]))
     if output_dir is not None:
         return folder, Path(output_dir), list(overrides)
     return folder, root / f"{protocol}{RANDOM_SUFFIX}", [f"cache_dir={json.dumps(str(folder / FEATURES_DIR))}", *overrides]

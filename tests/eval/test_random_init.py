@@ -29,7 +29,7 @@ def test_random_init_knn_beside_trained(tmp_path, capsys):
     # the trained results and feature cache are untouched
     assert {k: v for k, v in snapshot(run / "eval").items() if k in trained} == trained
     results = json.loads((run / "eval" / "knn-random" / "results.json").read_text())
-    folder = run / "eval" / "random-init" / "seed-3"
+    folder = run / "random-init" / "seed-3"
     assert results["weights"]["path"] == str(folder / "model.safetensors")
     assert list((folder / "features").glob("global-*.pt")), "the random features are cached beside the encoder"
 
@@ -51,8 +51,14 @@ def test_random_init_knn_beside_trained(tmp_path, capsys):
 
     (tx, ty), (vx, vy) = feats("train"), feats("val")
     assert math.isclose(results["cls"]["top1"]["5"], brute_force_knn_top1(tx, ty, vx, vy, 5), abs_tol=1e-6)
+    # `mixedae report` prints both beside each other
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 5, "loss": 0.5}) + "\n")
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0
+    header, row = capsys.readouterr().out.splitlines()[:2]
     trained_top1 = json.loads((run / "eval" / "knn" / "results.json").read_text())["top1"]
-    assert "top-1" in capsys.readouterr().out and isinstance(trained_top1, float)
+    assert header.split()[-2:] == ["knn_top1", "knn_random"]
+    assert row.split()[-2:] == [f"{trained_top1:.4f}", f"{results['top1']:.4f}"]
 
     # a second call reuses the encoder file (same bytes, same modification time: the cache stays valid)
     mtime = (folder / "model.safetensors").stat().st_mtime_ns
@@ -69,7 +75,7 @@ def test_random_init_segprobe_and_explicit_output(tmp_path):
     assert main(["segprobe", "--weights", str(run), "--data", "synthetic", *DATA, "epochs=1", "--random-init",
                  "--output-dir", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert "random-init/seed-0" in results["weights"]["path"]
+    assert results["weights"]["path"] == str(run / "random-init" / "seed-0" / "model.safetensors")
     assert not (run / "eval" / "segprobe").exists()
 
 
