@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from .common import add_overrides
@@ -34,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan, data=args.data, overrides=args.overrides)
     out = Path(args.output_dir or Path("runs") / "study" / plan.name)
     only = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
-    run_study(plan, out, epoch_hooks=lambda cfg: [recon_hook(cfg)], only=only)
+    flags = [(f, v) for f, v in (("--output-dir", args.output_dir), ("--data", args.data), ("--rows", args.rows)) if v]
+    command = shlex.join(["mixedae", "study", args.plan, *(x for pair in flags for x in pair), *args.overrides])
+    run_study(plan, out, epoch_hooks=lambda cfg: [recon_hook(cfg)], only=only, command=command)
     print((out / "results.md").read_text())
     return 0

@@ -25,18 +25,13 @@ from ..errors import UserError
 from ..models import VisionTransformer
 from ..viz.attention import cls_attention, object_attention_mass, object_pixels
 from ..viz.samples import held_out_images
-from .common import EvalConfig, image_size_for, load_eval_config, output_dirs, seed_everything, write_results
+from .common import ImageSampleConfig, image_size_for, load_eval_config, output_dirs, seed_everything, write_results
 from .weights import load_encoder
 
 
 @dataclass
-class AttentionObjectsConfig(EvalConfig):
-    num_images: int = 256  # the first images of the val split
-
-    def validate(self) -> None:
-        super().validate()
-        if self.num_images < 1:
-            raise UserError(f"num_images must be >= 1, got {self.num_images}")
+class AttentionObjectsConfig(ImageSampleConfig):
+    """Keys: num_images (default 256), data.*, extract_batch_size, device, ..."""
 
 
 def attention_ratio(attention: Tensor, masks: Union[Tensor, np.ndarray], patch_size: int) -> dict[str, Any]:

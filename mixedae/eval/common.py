@@ -44,6 +44,18 @@ class EvalConfig:
             raise UserError(f"extract_batch_size must be >= 1, got {self.extract_batch_size}")
 
 
+@dataclass
+class ImageSampleConfig(EvalConfig):
+    """Measures taken on the first ``num_images`` images of the val split (patch cosine, attention on objects)."""
+
+    num_images: int = 256
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_images < 1:
+            raise UserError(f"num_images must be >= 1, got {self.num_images}")
+
+
 def load_eval_config(cls: type, data: str, overrides: Sequence[str] = (), extra: Optional[dict] = None) -> Any:
     """A protocol config from its defaults, ``extra`` (function arguments) and ``key=value`` overrides."""
     return load_config(cls, None, list(overrides), {"data": {"spec": data}, **(extra or {})})

@@ -23,20 +23,14 @@ from torch import Tensor
 
 from ..data import build_dataset, describe_dataset, eval_transform
 from ..distributed import resolve_device
-from ..errors import UserError
 from ..models import VisionTransformer
-from .common import EvalConfig, image_size_for, load_eval_config, output_dirs, seed_everything, write_results
+from .common import ImageSampleConfig, image_size_for, load_eval_config, output_dirs, seed_everything, write_results
 from .weights import load_encoder
 
 
 @dataclass
-class PatchCosineConfig(EvalConfig):
-    num_images: int = 256  # the first images of the val split
-
-    def validate(self) -> None:
-        super().validate()
-        if self.num_images < 1:
-            raise UserError(f"num_images must be >= 1, got {self.num_images}")
+class PatchCosineConfig(ImageSampleConfig):
+    """Keys: num_images (default 256), data.*, extract_batch_size, device, ..."""
 
 
 def within_image_cosine(tokens: Tensor) -> Tensor:

@@ -47,21 +47,13 @@ from ..eval.segprobe import run_segprobe
 from ..io import atomic_write_json, atomic_write_text
 from .plan import CLASSIFICATION, Job, Plan, as_overrides, config_hash, flatten, plan_jobs, protocol_overrides
 from .subset import class_subset
-from .table import write_tables
+from .table import read_json, write_tables
 
 STAMP = "study.json"
 ENCODER_DIR = "encoder"  # the untrained encoder of a random-init row
 RUNNERS = {"knn": run_knn, "linprobe": run_linprobe, "segprobe": run_segprobe, "attention": run_attention_objects,
            "patch_cosine": run_patch_cosine}
 HookFactory = Callable[[Any], Sequence[Callable]]
-
-
-def read_json(path: Path) -> Optional[dict]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def changed_keys(old: dict, new: dict, limit: int = 3) -> str:
@@ -79,9 +71,10 @@ class StudyRunner:
     """Trains and evaluates the jobs of a plan into ``out_dir``; see the module docstring."""
 
     def __init__(self, plan: Plan, out_dir: str | Path, epoch_hooks: HookFactory = lambda cfg: (),
-                 only: Optional[Sequence[str]] = None,
+                 only: Optional[Sequence[str]] = None, command: Optional[str] = None,
                  log: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
         self.plan, self.out, self.hooks, self.log = plan, Path(out_dir), epoch_hooks, log
+        self.command = command
         self.jobs = plan_jobs(plan, self.out)
         names = [r.name for r in plan.rows]
         unknown = [n for n in only or () if n not in names]
@@ -95,15 +88,14 @@ class StudyRunner:
 
     # ---------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._prepare_data()
+        self._data_identity()
         for i, job in enumerate(self.jobs):
             for protocol in self.protocols:
                 self.eval_stamps[i, protocol] = self._eval_stamp(job, protocol)
-        self._check_stamps()
-        plan_record = {k: v for k, v in vars(self.plan).items() if k not in ("rows", "evaluations")}
-        plan_record.update(rows=[vars(r) for r in self.plan.rows], evaluations=to_dict(self.plan.evaluations))
-        atomic_write_text(yaml.safe_dump(plan_record, sort_keys=False, allow_unicode=True), self.out / "plan.yaml")
+        self._check_stamps()  # before anything is written
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(yaml.safe_dump(to_dict(self.plan), sort_keys=False, allow_unicode=True), self.out / "plan.yaml")
+        self._prepare_data()
         start = time.time()
         for i, job in enumerate(self.jobs):
             if job not in self.todo:
@@ -112,27 +104,33 @@ class StudyRunner:
             if self._train(job, prefix):
                 for protocol in self.protocols:
                     self._evaluate(job, protocol, self.eval_stamps[i, protocol], prefix)
-            feature_cache._MEMORY.clear()  # the process holds one run's features at a time
-            write_tables(self.plan, self.jobs, self.out, self.machine())
+            feature_cache._MEMORY.clear()  # hold one run's features at a time (eval.features keeps no other handle)
+            write_tables(self.plan, self.jobs, self.out, self.machine(), self.command)
         self.log(f"study {self.plan.name}: {len(self.todo)} of {len(self.jobs)} runs in {time.time() - start:.0f} s -> "
                  f"{self.out / 'results.md'}")
-        return write_tables(self.plan, self.jobs, self.out, self.machine())
+        return write_tables(self.plan, self.jobs, self.out, self.machine(), self.command)
 
     @staticmethod
     def machine() -> dict[str, Any]:
+        """Where the study ran (its last invocation), for the tables."""
         return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                 "cpu_count": os.cpu_count(), "torch": torch.__version__,
                 "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                 "threads": torch.get_num_threads(), "python": sys.version.split()[0]}
 
     # ---------------------------------------------------------------------------------------
-    def _prepare_data(self) -> None:
-        """The data each protocol reads (building the classification subset once) and its identity for stamps."""
+    def _data_identity(self) -> None:
+        """What identifies each kind of protocol's data in the evaluation stamps."""
         ev = self.plan.evaluations
-        cls = ev.classification_data or self.plan.data
-        self.data_id = {"classification": {"spec": cls, "train_subset": ev.train_subset, "val_subset": ev.val_subset,
+        self.data_id = {"classification": {"spec": ev.classification_data or self.plan.data,
+                                           "train_subset": ev.train_subset, "val_subset": ev.val_subset,
                                            "subset_seed": ev.subset_seed},
                         "segmentation": {"spec": ev.segmentation_data}}
+
+    def _prepare_data(self) -> None:
+        """The spec each kind of protocol reads, building the classification subset (once) if the plan asks."""
+        ev = self.plan.evaluations
+        cls = ev.classification_data or self.plan.data
         if ev.train_subset or ev.val_subset:
             self.log(f"classification data: subset of {cls} (train {ev.train_subset or 'all'}, "
                      f"val {ev.val_subset or 'all'})")
@@ -222,7 +220,7 @@ class StudyRunner:
 
 
 def run_study(plan: Plan, out_dir: str | Path, epoch_hooks: HookFactory = lambda cfg: (),
-              only: Optional[Sequence[str]] = None) -> dict[str, Any]:
+              only: Optional[Sequence[str]] = None, command: Optional[str] = None) -> dict[str, Any]:
     """Train, evaluate and tabulate ``plan`` (the rows named in ``only``, default all) into ``out_dir``;
-    returns the results.json content."""
-    return StudyRunner(plan, out_dir, epoch_hooks, only).run()
+    ``command`` is recorded in the tables. Returns the results.json content."""
+    return StudyRunner(plan, out_dir, epoch_hooks, only, command).run()

@@ -60,7 +60,8 @@ SPEED_NOTE = ("img/s counts source images per second of pre-training wall time, 
               "only meaningful for runs made on the same, quiet machine.")
 
 
-def _read(path: Path) -> Optional[dict]:
+def read_json(path: Path) -> Optional[dict]:
+    """A JSON object from ``path``, or None when missing, cut or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -80,21 +81,24 @@ def _dig(data: dict, path: Sequence[str]) -> Optional[float]:
 def seed_metrics(job: Job) -> tuple[str, dict[str, float]]:
     """``(status, metrics)`` of one (row, seed); status is ``done``, ``pending`` or ``diverged``."""
     run = job.run_dir
-    stamp = _read(run / "study.json") or {}
+    stamp = read_json(run / "study.json") or {}
     if stamp.get("status") == "diverged":
         return "diverged", {}
     metrics: dict[str, float] = {}
-    results = _read(run / "results.json")
+    results = read_json(run / "results.json")
     trained = (run / "encoder" / "config.json").is_file() if job.row.random_init else results is not None
     if results is not None:
-        final = results.get("final") or {}
+        records = _records(run)
+        # results.json "final" is the last step's numbers, which the last metrics record also holds (a run
+        # resumed from a last.pt at its final step does no step and leaves "final" empty)
+        final = results.get("final") or (records[-1] if records else {})
         metrics.update({k: float(final[k]) for k in ("recon", "homocon", "sampling_acc") if k in final})
-        speeds = [r["img_per_s"] for r in _records(run) if isinstance(r.get("img_per_s"), (int, float))]
+        speeds = [r["img_per_s"] for r in records if isinstance(r.get("img_per_s"), (int, float))]
         ips = statistics.median(speeds) if speeds else results.get("img_per_s")
         if ips:
             metrics["img_per_s"] = float(ips)
     for protocol, fields in EVAL_FIELDS.items():
-        data = _read(run / "eval" / protocol / "results.json")
+        data = read_json(run / "eval" / protocol / "results.json")
         if data is not None and (run / "eval" / protocol / "study.json").is_file():
             metrics.update({k: v for k, path in fields.items() if (v := _dig(data, path)) is not None})
     wall = stamp.get("wall_s") or {}
@@ -166,12 +170,13 @@ def _seeds_cell(entry: dict[str, Any]) -> str:
     return text + (f" (diverged: seed {', '.join(diverged)})" if diverged else "")
 
 
-def markdown(plan: Plan, rows: list[dict[str, Any]], ref: Optional[str], out_dir: Path, machine: dict) -> str:
-    budget = ", ".join(f"{k}={v}" for k, v in flatten(plan.budget).items()) or "(the configs' own)"
+def markdown(plan: Plan, rows: list[dict[str, Any]], ref: Optional[str], out_dir: Path, machine: dict,
+             command: Optional[str] = None) -> str:
+    budget = ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in flatten(plan.budget).items())
     ev = plan.evaluations
     lines = [f"# Study `{plan.name}`", "",
-             f"- plan: `{plan.path}` · output: `{out_dir}`",
-             f"- pre-training data: `{plan.data}` · budget (every row): {budget}",
+             f"- plan: `{plan.path}` · output: `{out_dir}`" + (f" · command: `{command}`" if command else ""),
+             f"- pre-training data: `{plan.data}` · budget (every row): {budget or '(the configs own)'}",
              f"- classification data: `{ev.classification_data or plan.data}` (train subset: {ev.train_subset or 'all'}, "
              f"val subset: {ev.val_subset or 'all'}) · segmentation / attention data: `{ev.segmentation_data}`",
              f"- machine: {machine.get('platform')}, {machine.get('cpu_count')} CPUs ({machine.get('processor')}), "
@@ -243,8 +248,10 @@ def curves_png(plan: Plan, jobs: Sequence[Job]) -> bytes:
     return png_bytes(fig)
 
 
-def write_tables(plan: Plan, jobs: Sequence[Job], out_dir: Path, machine: dict) -> dict[str, Any]:
-    """Write ``results.json``, ``results.md`` and ``curves.png`` into ``out_dir``; return the JSON content."""
+def write_tables(plan: Plan, jobs: Sequence[Job], out_dir: Path, machine: dict,
+                 command: Optional[str] = None) -> dict[str, Any]:
+    """Write ``results.json``, ``results.md`` and ``curves.png`` into ``out_dir``; return the JSON content.
+    ``machine`` and ``command`` describe the (last) invocation."""
     rows = collect(plan, jobs)
     ref = speed_reference(plan, jobs)
     results = {
@@ -252,10 +259,10 @@ def write_tables(plan: Plan, jobs: Sequence[Job], out_dir: Path, machine: dict) 
         "classification_data": plan.evaluations.classification_data or plan.data,
         "segmentation_data": plan.evaluations.segmentation_data, "budget": flatten(plan.budget), "seeds": plan.seeds,
         "metrics": {k: title for k, title, _ in QUALITY + COST}, "speed_reference": ref, "speed_note": SPEED_NOTE,
-        "machine": machine, "rows": rows, "reference": reference(),
+        "machine": machine, "command": command, "rows": rows, "reference": reference(),
     }
     atomic_write_json(results, out_dir / "results.json")
-    atomic_write_text(markdown(plan, rows, ref, out_dir, machine), out_dir / "results.md")
+    atomic_write_text(markdown(plan, rows, ref, out_dir, machine, command), out_dir / "results.md")
     png = curves_png(plan, jobs)
     atomic_write(out_dir / "curves.png", lambda tmp: tmp.write_bytes(png))
     return results

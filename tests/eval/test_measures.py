@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from mixedae.cli import main  # noqa: F401  (imported so a broken CLI import fails here too)
 from mixedae.data import SyntheticScenes, eval_transform
 from mixedae.errors import UserError
 from mixedae.eval.attention_objects import attention_ratio, run_attention_objects

@@ -50,6 +50,7 @@ def test_smoke_study_writes_the_table(smoke, capsys):
     assert random["weights"]["path"].endswith("random-init/seed-0/encoder/model.safetensors")
     md = (smoke / "results.md").read_text()
     assert "| MixedAE | 1/1 |" in md and "ImageNet-1K" in md and "data loading included" in md
+    assert f"command: `mixedae study {PLAN} --output-dir {smoke}`" in md
     assert (smoke / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (smoke / "plan.yaml").is_file()
 

@@ -17,10 +17,11 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data))
 
 
-def fake_run(job, knn: float, seg: float, speeds: list[float], recon: float) -> None:
-    """A finished (row, seed) as the runner leaves it: results.json, metrics.jsonl, evaluations with stamps."""
+def fake_run(job, knn: float, seg: float, speeds: list[float], recon: float, final: bool = True) -> None:
+    """A finished (row, seed) as the runner leaves it: results.json, metrics.jsonl, evaluations with stamps.
+    ``final=False``: results.json without final numbers (a run resumed from its last step)."""
     run = job.run_dir
-    write_json(run / "results.json", {"final": {"recon": recon, "loss": recon}, "img_per_s": 1.0})
+    write_json(run / "results.json", {"final": {"recon": recon, "loss": recon} if final else {}, "img_per_s": 1.0})
     (run / "metrics.jsonl").write_text("".join(json.dumps({"step": 4 * (i + 1), "epoch": i + 1.0, "img_per_s": s,
                                                            "loss": recon, "recon": recon}) + "\n"
                                                for i, s in enumerate(speeds))
@@ -48,7 +49,7 @@ def test_mean_std_and_speed_ratio_by_hand(tmp_path):
     fake_run(mae1, knn=44.0, seg=20.0, speeds=[80.0], recon=0.7)  # median 80 → MAE mean 100 img/s
     fake_run(mix0, knn=10.0, seg=1.0, speeds=[60.0, 40.0], recon=0.1)  # median 50
     fake_run(mix1, knn=20.0, seg=2.0, speeds=[45.0], recon=0.2)
-    fake_run(mix2, knn=60.0, seg=3.0, speeds=[55.0], recon=0.3)  # Mixed 50 ± 5 img/s → step time 2.00 × MAE
+    fake_run(mix2, knn=60.0, seg=3.0, speeds=[55.0], recon=0.3, final=False)  # Mixed 50 ± 5 img/s → step time 2.00 × MAE
     # "one" is not run: pending
     results = write_tables(plan, jobs, tmp_path / "out", {"platform": "test"})
     rows = {r["name"]: r for r in results["rows"]}
@@ -57,6 +58,7 @@ def test_mean_std_and_speed_ratio_by_hand(tmp_path):
     # Mixed: knn 10, 20, 60 → mean 30, sample std sqrt((400 + 100 + 900) / 2) = 26.457...
     assert rows["Mixed"]["mean"]["knn_cls"] == 30.0 and math.isclose(rows["Mixed"]["std"]["knn_cls"], math.sqrt(700))
     assert math.isclose(rows["Mixed"]["mean"]["seg_miou"], 2.0) and math.isclose(rows["Mixed"]["std"]["seg_miou"], 1.0)
+    assert math.isclose(rows["Mixed"]["mean"]["recon"], 0.2)  # 0.3 from the last metrics record
     assert rows["MAE"]["mean"]["img_per_s"] == 100.0 and rows["Mixed"]["mean"]["img_per_s"] == 50.0
     assert rows["Mixed"]["step_time_ratio"] == 2.0 and rows["MAE"]["step_time_ratio"] == 1.0
     assert rows["one"]["status"] == {"7": "pending"} and rows["one"]["mean"] == {}
