@@ -61,6 +61,7 @@ PROTOCOLS = {  # name → its typed config (checked when the plan loads)
 CLASSIFICATION = ("knn", "linprobe", "patch_cosine")  # the others run on the segmentation data
 # Keys that do not change what a run computes; left out of the config hash that marks a run done.
 UNHASHED = ("output_dir", "log", "checkpoint", "data.num_workers", "train.device")
+EVAL_UNHASHED = ("progress", "device", "cache_dir", "cache_features", "data.num_workers")  # same for evaluations
 
 
 @dataclass

@@ -12,7 +12,8 @@ Layout of the output folder::
 
 **Done** means: the stage's ``results.json`` exists and its ``study.json`` holds the hash of the
 same resolved config (pre-training: the whole config except the keys in
-:data:`mixedae.study.plan.UNHASHED`; evaluation: protocol, data, overrides and the run's hash).
+:data:`mixedae.study.plan.UNHASHED`; evaluation: protocol, data, the run's hash and the overrides except those
+in :data:`mixedae.study.plan.EVAL_UNHASHED`, which do not change results).
 A finished stage is skipped, a pre-training run without ``results.json`` continues from its
 ``last.pt`` (``--resume auto``), an evaluation without ``results.json`` is run again.
 **A changed row is refused**, never overwritten: when a folder's ``study.json`` holds another hash,
@@ -45,7 +46,7 @@ from ..eval.patch_cosine import run_patch_cosine
 from ..eval.random_init import write_random_encoder
 from ..eval.segprobe import run_segprobe
 from ..io import atomic_write_json, atomic_write_text
-from .plan import CLASSIFICATION, Job, Plan, as_overrides, config_hash, flatten, plan_jobs, protocol_overrides
+from .plan import CLASSIFICATION, EVAL_UNHASHED, Job, Plan, as_overrides, config_hash, flatten, plan_jobs, protocol_overrides
 from .subset import class_subset
 from .table import read_json, write_tables
 
@@ -140,8 +141,9 @@ class StudyRunner:
     def _eval_stamp(self, job: Job, protocol: str) -> dict[str, Any]:
         """What an evaluation's results depend on (paths inside the output folder left out)."""
         kind = "classification" if protocol in CLASSIFICATION else "segmentation"
+        overrides = protocol_overrides(self.plan, protocol, job.seed)
         return {"protocol": protocol, "data": self.data_id[kind], "run": job.hash,
-                "overrides": protocol_overrides(self.plan, protocol, job.seed)}
+                "overrides": {k: v for k, v in overrides.items() if k not in EVAL_UNHASHED}}
 
     def _check_stamps(self) -> None:
         """Refuse, before any work, folders made from another config (module docstring)."""
@@ -210,7 +212,8 @@ class StudyRunner:
         start = time.time()
         data = self.data["classification" if protocol in CLASSIFICATION else "segmentation"]
         cache = f"cache_dir={json.dumps(str(job.run_dir / 'eval' / 'features'))}"  # k-NN and linear probe share it
-        RUNNERS[protocol](weights_of(job), data, overrides=[cache, *as_overrides(stamp["overrides"])], output_dir=folder)
+        overrides = [cache, *as_overrides(protocol_overrides(self.plan, protocol, job.seed))]
+        RUNNERS[protocol](weights_of(job), data, overrides=overrides, output_dir=folder)
         wall = time.time() - start
         atomic_write_json({"hash": config_hash(stamp), "config": stamp, "wall_s": wall}, folder / STAMP)
         run_stamp = read_json(job.run_dir / STAMP)

@@ -151,7 +151,8 @@ def collect(plan: Plan, jobs: Sequence[Job]) -> list[dict[str, Any]]:
             if values:
                 entry["mean"][key], entry["std"][key] = mean_std(values)
                 entry["n"][key] = len(values)
-        entry["row_wall_s"] = sum(m.get("wall_s", 0.0) for m in per_seed.values())
+        walls = [m["wall_s"] for m in per_seed.values() if "wall_s" in m]
+        entry["row_wall_s"] = sum(walls) if walls else None
         rows.append(entry)
     ref = speed_reference(plan, jobs)
     ref_ips = next((r["mean"].get("img_per_s") for r in rows if r["name"] == ref), None)
@@ -195,7 +196,8 @@ def markdown(plan: Plan, rows: list[dict[str, Any]], ref: Optional[str], out_dir
         ratio = f"{r['step_time_ratio']:.2f}" if r["step_time_ratio"] else "—"
         first = cell(r["mean"].get("img_per_s"), r["std"].get("img_per_s"), COST[0][2])
         rest = [cell(r["mean"].get(k), r["std"].get(k), fmt) for k, _, fmt in COST[1:]]
-        lines.append("| " + " | ".join([r["name"], first, ratio, *rest, f"{r['row_wall_s']:.0f}"]) + " |")
+        total = "—" if r["row_wall_s"] is None else f"{r['row_wall_s']:.0f}"
+        lines.append("| " + " | ".join([r["name"], first, ratio, *rest, total]) + " |")
     lines += ["", "## Notes", "",
               "- Mean ± sample standard deviation (n − 1) over the seeds done; one seed shows the value alone.",
               "- k-NN: weighted k-NN top-1 at the headline k (cls token / mean of the patch tokens); linear probe: "

@@ -75,6 +75,22 @@ def test_changed_row_is_refused(smoke, capsys):
     assert len(err) == 1 and "optim.blr: 0.0015 → 0.01" in err[0] and "new --output-dir" in err[0]
 
 
+def test_keys_that_do_not_change_results_are_no_change(smoke, capsys):
+    capsys.readouterr()
+    assert main(["study", PLAN, "--output-dir", str(smoke), "evaluations.common.progress=true",
+                 "budget.log.every_steps=2", "budget.data.num_workers=1", "budget.checkpoint.every_steps=8"]) == 0
+    assert ": start" not in capsys.readouterr().out
+
+
+def test_foreign_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "out" / "runs" / "mae" / "seed-0").mkdir(parents=True)
+    (tmp_path / "out" / "runs" / "mae" / "seed-0" / "last.pt").write_bytes(b"x")
+    assert main(["study", PLAN, "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not written by a study" in err[0]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["runs"]  # nothing written
+
+
 @pytest.mark.slow
 def test_killed_study_resumes(smoke, tmp_path):
     """SIGKILL a study once MixedAE has written its first checkpoint; the rerun skips MAE (done before the

@@ -70,7 +70,7 @@ def test_mean_std_and_speed_ratio_by_hand(tmp_path):
              for line in main_table.splitlines() if line.startswith("| ")}
     assert table["MAE"][1:6] == ["2/2", "42.00 ± 2.83", "43.00 ± 2.83", "—", "15.00 ± 7.07"]
     assert table["Mixed"][1:6] == ["3/3", "30.00 ± 26.46", "31.00 ± 26.46", "—", "2.00 ± 1.00"]
-    assert table["one"][1:3] == ["0/1", "—"]
+    assert table["one"][1:3] == ["0/1", "—"] and rows["one"]["row_wall_s"] is None
     cost = [line for line in md.splitlines() if line.startswith("| Mixed | ")][1]
     assert cost.startswith("| Mixed | 50 ± 5 | 2.00 | 100 ± 0 | 110 ± 0 | 330 |")
     assert "ImageNet-1K" in md and "| MixedAE | 300 | 83.1 | 47.0 | 47.8 | 41.6 | 16.9 |" in md
