@@ -248,6 +248,11 @@ def _check(plan: Plan) -> None:
         if not s or slugs.index(s) != i:
             raise UserError(f"row name {names[i]!r} is empty or clashes with {names[slugs.index(s)]!r} as a folder name; "
                             "rename one")
+    for where, keys in [("budget", plan.budget)] + [(f"row {r.name!r} overrides", r.overrides) for r in plan.rows]:
+        owned = [k for k in ("output_dir", "train.seed") if k in flatten(keys)]
+        if owned:
+            raise UserError(f"{where} set {owned[0]}, which the study sets itself; use seeds: [...] for train.seed "
+                            "and --output-dir for the folders")
     for row in plan.rows:
         if row.seeds is not None and not row.seeds:
             raise UserError(f"row {row.name!r} has an empty seeds list; remove it or give seeds")

@@ -60,6 +60,9 @@ def one_line_error(capsys, argv) -> str:
     (dict(data="no/such/cifar10.tar.gz"), "pass --data"),
     (dict(speed_reference="MAEE"), "speed_reference 'MAEE' is not a row"),
     (dict(budget={"train": {"epoch": 3}}), "row 'MAE': unknown config key train.epoch"),
+    (dict(budget={"train.seed": 3}), "budget set train.seed, which the study sets itself"),
+    (dict(rows=[{"name": "a", "preset": "mae_vit_tiny_patch4_32", "overrides": {"output_dir": "x"}}]),
+     "row 'a' overrides set output_dir"),
 ])
 def test_plan_mistakes_are_one_line(tmp_path, capsys, changes, expect):
     plan = write_plan(tmp_path, **changes)
