@@ -115,7 +115,7 @@ class Plan:
     speed_reference: Optional[str] = None  # default: the first row with an MAE preset
     evaluations: EvaluationsSpec = field(default_factory=EvaluationsSpec)
     rows: list = field(default_factory=list)  # RowSpec, filled by load_plan
-    path: Optional[str] = None  # the plan file (set by load_plan)
+    path: Optional[str] = None  # the plan file (set by load_plan; row config paths are relative to it)
 
 
 @dataclass
@@ -209,14 +209,15 @@ def load_plan(path: str | Path, data: Optional[str] = None, overrides: Sequence[
         raise UserError(f"plan {path} does not exist; see configs/study/ (smoke.yaml, quick.yaml, full.yaml)")
     try:
         raw = read_yaml(path)
-        raw = {**raw, **{k: expand_dotted(raw[k], k) for k in ("budget",) if k in raw}}
+        if "budget" in raw:  # nested before the key=value overrides merge into it
+            raw["budget"] = expand_dotted(raw["budget"], "budget")
         raw = merge(raw, parse_overrides(list(overrides)))
         if data is not None:
             raw["data"] = data
         rows = raw.pop("rows", None)
         if not isinstance(rows, list) or not rows:
             raise UserError("no rows; add a list `rows:` of {name, config or preset, overrides}")
-        plan = from_dict(Plan, {k: v for k, v in raw.items() if k != "path"})
+        plan = from_dict(Plan, raw)
         plan.path = str(path)
         plan.rows = [_row(r, i) for i, r in enumerate(rows)]
         _check(plan)
