@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..models import VisionTransformer
 from ..viz.attention import cls_attention, object_attention_mass, object_pixels
 from ..viz.samples import held_out_images
-from .common import ImageSampleConfig, image_size_for, load_eval_config, output_dirs, seed_everything, write_results
+from .common import ImageSampleConfig, load_eval_config, output_dirs, seed_everything, write_results
 from .weights import load_encoder
 
 
@@ -65,7 +65,7 @@ def run_attention_objects(weights: str | Path, data: str, *, overrides: Sequence
     encoder, info = load_encoder(weights)
     out, _ = output_dirs(info, "attention", output_dir, cfg.cache_dir)
     start = time.time()
-    imgs, masks = held_out_images(cfg.data.spec, cfg.num_images, image_size_for(cfg, encoder),
+    imgs, masks = held_out_images(cfg.data.spec, cfg.num_images, cfg.image_size(encoder),
                                   cfg.data.num_samples, cfg.data.seed)
     if masks is None:
         raise UserError(f"{cfg.data.spec} has no object masks; the attention-on-objects measure needs the built-in "

@@ -24,7 +24,7 @@ from torch import Tensor
 from ..data import build_dataset, describe_dataset, eval_transform
 from ..distributed import resolve_device
 from ..models import VisionTransformer
-from .common import ImageSampleConfig, image_size_for, load_eval_config, output_dirs, seed_everything, write_results
+from .common import ImageSampleConfig, load_eval_config, output_dirs, seed_everything, write_results
 from .weights import load_encoder
 
 
@@ -58,7 +58,7 @@ def run_patch_cosine(weights: str | Path, data: str, *, overrides: Sequence[str]
     encoder, info = load_encoder(weights)
     out, _ = output_dirs(info, "patch_cosine", output_dir, cfg.cache_dir)
     start = time.time()
-    size = image_size_for(cfg, encoder)
+    size = cfg.image_size(encoder)
     ds = build_dataset(cfg.data.spec, "val", eval_transform(size), image_size=size,
                        num_samples=cfg.data.num_samples, seed=cfg.data.seed)
     count = min(cfg.num_images, len(ds))

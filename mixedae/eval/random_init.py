@@ -2,21 +2,22 @@
 
 :func:`random_encoder` builds mixedae's ViT encoder for given architecture arguments with its own
 initialisation after ``torch.manual_seed(seed)``; that is exactly the encoder a pre-training run with
-``train.seed=seed`` starts from (the engine seeds, then builds the encoder first). It is saved as an
-export folder (``config.json`` + ``model.safetensors``, see :mod:`mixedae.eval.weights`), so every
-protocol reads it like any other weights.
+``train.seed=seed`` starts from (the engine seeds, then builds the encoder first). It is saved as a
+pre-training-style checkpoint (``{"model": {"encoder.*": ...}, "arch": {"name", "kwargs"}}``, see
+:mod:`mixedae.engine.checkpoint`) named ``encoder.pt``, with ``random_init.json`` beside it (seed,
+architecture, where the shape came from), so every protocol reads it like any other weights.
 
 ``mixedae knn|linprobe|segprobe --weights W --random-init`` (:func:`random_init_run`) evaluates the
 untrained encoder of ``W``'s shape, seeded by the protocol's ``seed`` key:
 
-    <home>/random-init/seed-<s>/             the untrained encoder (written once, then reused)
-    <home>/random-init/seed-<s>/features/    its feature cache (shared by the protocols)
+    <home>/random-init/seed-<s>/encoder.pt       the untrained encoder (written once, then reused)
+    <home>/random-init/seed-<s>/features/        its feature cache (shared by the protocols)
     <eval root>/<protocol>-random/results.json   the protocol's results
 
 where ``<home>`` is the run folder of ``W`` (outside ``eval/``, which holds results only) or, for
 other weights, their eval root ``runs/eval/<name>`` (see :mod:`mixedae.eval.common`). The trained
-results in ``<eval root>/<protocol>/`` and the trained feature cache are never read or written:
-besides living in other folders, cache entries are keyed by the weights file's path.
+results in ``<eval root>/<protocol>/`` and the trained feature cache are never read or written, and
+the untrained encoder's features are cached apart from them.
 """
 
 from __future__ import annotations
@@ -26,17 +27,20 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
-from safetensors.torch import save_file
 
 from ..config import parse_overrides
 from ..errors import UserError
-from ..io import atomic_write, atomic_write_json
-from ..models import VisionTransformer
+from ..io import atomic_torch_save, atomic_write_json
+from ..models import VisionTransformer, preset_names
 from .common import FEATURES_DIR, eval_root
-from .weights import ENCODER_ARGS, EXPORT_CONFIG, EXPORT_FILES, export_config, load_encoder
+from .weights import ENCODER_ARGS, load_encoder
 
 RANDOM_DIR = "random-init"
 RANDOM_SUFFIX = "-random"
+CHECKPOINT = "encoder.pt"
+STAMP = "random_init.json"
+CARRIER = "mae_vit_tiny_patch4_32"  # preset named in the checkpoint when the shape has none: every encoder
+#                                     option is overridden by the weights' own, and only the encoder is read
 
 
 def random_encoder(model_args: dict[str, Any], seed: int) -> VisionTransformer:
@@ -45,28 +49,29 @@ def random_encoder(model_args: dict[str, Any], seed: int) -> VisionTransformer:
     return VisionTransformer(**{k: model_args[k] for k in ENCODER_ARGS if k in model_args}).eval()
 
 
-def write_random_encoder(model_args: dict[str, Any], seed: int, folder: str | Path, source: str) -> Path:
-    """Save :func:`random_encoder` as an export folder (reused as is when it already holds the same
-    architecture and seed, so its modification time, and with it the feature cache, stays valid).
+def write_random_encoder(model_args: dict[str, Any], seed: int, folder: str | Path, source: str,
+                         preset: Optional[str] = None) -> Path:
+    """Save :func:`random_encoder` to ``<folder>/encoder.pt`` (reused as is when ``random_init.json``
+    already names the same architecture and seed); returns the checkpoint's path.
 
-    ``source`` names what the shape came from (a weights path or a preset), for the record.
+    ``preset`` is the model preset recorded in the checkpoint (default :data:`CARRIER`); ``source``
+    names what the shape came from (a weights path or a plan row), for the record.
     """
     folder = Path(folder)
-    stamp = {"model_args": dict(model_args), "seed": seed}
-    config_path = folder / EXPORT_CONFIG
-    if config_path.is_file() and (folder / EXPORT_FILES[0]).is_file():
-        try:
-            if json.loads(config_path.read_text()).get("random_init", {}).get("stamp") == stamp:
-                return folder
-        except (OSError, ValueError, AttributeError):
-            pass  # damaged: write it again
-    encoder = random_encoder(model_args, seed)
-    state = {k: v.detach().clone().contiguous() for k, v in encoder.state_dict().items()}
-    atomic_write(folder / EXPORT_FILES[0], lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
-    config = export_config(encoder, {"kind": "random-init", "name": None, "path": source})
-    config["random_init"] = {"stamp": stamp, "source": source}
-    atomic_write_json(config, config_path)  # last: marks the folder complete
-    return folder
+    args = {k: model_args[k] for k in ENCODER_ARGS if k in model_args}
+    stamp = {"model_args": args, "seed": seed, "preset": preset or CARRIER}
+    path = folder / CHECKPOINT
+    try:
+        if path.is_file() and {k: v for k, v in json.loads((folder / STAMP).read_text()).items()
+                               if k != "source"} == stamp:
+            return path
+    except (OSError, ValueError, AttributeError):
+        pass  # missing or damaged: write both again
+    encoder = random_encoder(args, seed)
+    atomic_torch_save({"model": {f"encoder.{k}": v for k, v in encoder.state_dict().items()},
+                       "arch": {"name": stamp["preset"], "kwargs": args}, "random_init": {"seed": seed}}, path)
+    atomic_write_json({**stamp, "source": source}, folder / STAMP)  # last: marks the folder complete
+    return path
 
 
 def override_seed(overrides: Sequence[str]) -> int:
@@ -79,7 +84,7 @@ def override_seed(overrides: Sequence[str]) -> int:
 
 def random_init_run(weights: str | Path, protocol: str, overrides: Sequence[str] = (),
                     output_dir: Optional[str | Path] = None) -> tuple[Path, Path, list[str]]:
-    """Where ``--random-init`` evaluates: ``(weights folder, results folder, overrides)``.
+    """Where ``--random-init`` evaluates: ``(weights file, results folder, overrides)``.
 
     Writes the untrained encoder of ``weights``' shape (seeded by the ``seed`` override) and returns
     the arguments to pass to the protocol instead of the trained weights. Without ``output_dir`` the
@@ -90,7 +95,10 @@ def random_init_run(weights: str | Path, protocol: str, overrides: Sequence[str]
     encoder, info = load_encoder(weights)
     root = eval_root(info)
     home = Path(info["run_dir"]) if info.get("run_dir") else root
-    folder = write_random_encoder(encoder.timm_kwargs(), seed, home / RANDOM_DIR / f"seed-{seed}", str(info["path"]))
+    preset = info.get("name") if info.get("name") in preset_names() else None
+    path = write_random_encoder(encoder.timm_kwargs(), seed, home / RANDOM_DIR / f"seed-{seed}", str(info["path"]),
+                                preset)
     if output_dir is not None:
-        return folder, Path(output_dir), list(overrides)
-    return folder, root / f"{protocol}{RANDOM_SUFFIX}", [f"cache_dir={json.dumps(str(folder / FEATURES_DIR))}", *overrides]
+        return path, Path(output_dir), list(overrides)
+    return path, root / f"{protocol}{RANDOM_SUFFIX}", [f"cache_dir={json.dumps(str(path.parent / FEATURES_DIR))}",
+                                                       *overrides]

@@ -5,7 +5,7 @@ Layout of the output folder::
     plan.yaml                       the plan as run (after --data and key=value overrides)
     results.json  results.md  curves.png
     data/<name>-subset-<hash>/      classification subset (symlinks), when the plan asks for one
-    runs/<row>/seed-<s>/            a pre-training run folder (or encoder/ of a random-init row)
+    runs/<row>/seed-<s>/            a pre-training run folder (or encoder.pt of a random-init row)
         study.json                  the hashed config, status and wall times of this (row, seed)
         eval/<protocol>/            results.json + study.json (the evaluation's own hash)
         eval/features/              feature cache shared by k-NN and the linear probe
@@ -43,7 +43,7 @@ from ..eval.attention_objects import run_attention_objects
 from ..eval.knn import run_knn
 from ..eval.linprobe import run_linprobe
 from ..eval.patch_cosine import run_patch_cosine
-from ..eval.random_init import write_random_encoder
+from ..eval.random_init import CHECKPOINT as RANDOM_CHECKPOINT, STAMP as RANDOM_STAMP, write_random_encoder
 from ..eval.segprobe import run_segprobe
 from ..io import atomic_write_json, atomic_write_text
 from .plan import CLASSIFICATION, EVAL_UNHASHED, Job, Plan, as_overrides, config_hash, flatten, plan_jobs, protocol_overrides
@@ -51,7 +51,6 @@ from .subset import class_subset
 from .table import read_json, write_tables
 
 STAMP = "study.json"
-ENCODER_DIR = "encoder"  # the untrained encoder of a random-init row
 RUNNERS = {"knn": run_knn, "linprobe": run_linprobe, "segprobe": run_segprobe, "attention": run_attention_objects,
            "patch_cosine": run_patch_cosine}
 HookFactory = Callable[[Any], Sequence[Callable]]
@@ -65,7 +64,7 @@ def changed_keys(old: dict, new: dict, limit: int = 3) -> str:
 
 
 def weights_of(job: Job) -> Path:
-    return job.run_dir / ENCODER_DIR if job.row.random_init else job.run_dir
+    return job.run_dir / RANDOM_CHECKPOINT if job.row.random_init else job.run_dir
 
 
 class StudyRunner:
@@ -178,7 +177,7 @@ class StudyRunner:
             self.log(f"{prefix} · train: skipped, diverged earlier ({stamp.get('error')}); delete {job.run_dir} to retry")
             return False
         stage = "random init" if job.row.random_init else "train"
-        done = (job.run_dir / ENCODER_DIR / "config.json" if job.row.random_init else job.run_dir / "results.json")
+        done = job.run_dir / (RANDOM_STAMP if job.row.random_init else "results.json")
         if done.is_file() and stamp_path.is_file():
             self.log(f"{prefix} · {stage}: done, skipped")
             return True
@@ -188,8 +187,8 @@ class StudyRunner:
         start = time.time()
         try:
             if job.row.random_init:
-                write_random_encoder(job.stamp["model_args"], job.seed, job.run_dir / ENCODER_DIR,
-                                     f"row {job.row.name} ({job.cfg.model.name})")
+                write_random_encoder(job.stamp["model_args"], job.seed, job.run_dir, f"plan row {job.row.name}",
+                                     job.cfg.model.name)
             else:
                 pretrain(job.cfg, resume="auto", epoch_hooks=self.hooks(job.cfg))
         except TrainingDiverged as e:

@@ -23,6 +23,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..eval.random_init import STAMP as RANDOM_STAMP
 from ..io import atomic_write, atomic_write_json, atomic_write_text
 from ..models import method_of
 from ..viz.report import read_jsonl
@@ -86,7 +87,7 @@ def seed_metrics(job: Job) -> tuple[str, dict[str, float]]:
         return "diverged", {}
     metrics: dict[str, float] = {}
     results = read_json(run / "results.json")
-    trained = (run / "encoder" / "config.json").is_file() if job.row.random_init else results is not None
+    trained = (run / RANDOM_STAMP).is_file() if job.row.random_init else results is not None
     if results is not None:
         records = _records(run)
         # results.json "final" is the last step's numbers, which the last metrics record also holds (a run

@@ -30,13 +30,13 @@ def test_random_init_knn_beside_trained(tmp_path, capsys):
     assert {k: v for k, v in snapshot(run / "eval").items() if k in trained} == trained
     results = json.loads((run / "eval" / "knn-random" / "results.json").read_text())
     folder = run / "random-init" / "seed-3"
-    assert results["weights"]["path"] == str(folder / "model.safetensors")
+    assert results["weights"]["path"] == str(folder / "encoder.pt") and results["weights"]["name"] == PRESET
     assert list((folder / "features").glob("global-*.pt")), "the random features are cached beside the encoder"
 
     # the untrained encoder is the one a pre-training run with train.seed=3 starts from
     torch.manual_seed(3)
     start = create_model(PRESET, **TINY).encoder.state_dict()
-    random, _ = load_encoder(folder)
+    random, _ = load_encoder(folder / "encoder.pt")
     assert all(torch.equal(v, start[k]) for k, v in random.state_dict().items())
     trained_encoder, _ = load_encoder(run)
     assert not torch.equal(random.blocks[0].attn.qkv.weight, trained_encoder.blocks[0].attn.qkv.weight)
@@ -60,11 +60,11 @@ def test_random_init_knn_beside_trained(tmp_path, capsys):
     assert header.split()[-2:] == ["knn_top1", "knn_random"]
     assert row.split()[-2:] == [f"{trained_top1:.4f}", f"{results['top1']:.4f}"]
 
-    # a second call reuses the encoder file (same bytes, same modification time: the cache stays valid)
-    mtime = (folder / "model.safetensors").stat().st_mtime_ns
+    # a second call reuses the encoder file
+    mtime = (folder / "encoder.pt").stat().st_mtime_ns
     assert main(["linprobe", "--weights", str(run), "--data", "synthetic", *DATA, "epochs=1", "--random-init",
                  "seed=3"]) == 0
-    assert (folder / "model.safetensors").stat().st_mtime_ns == mtime
+    assert (folder / "encoder.pt").stat().st_mtime_ns == mtime
     assert (run / "eval" / "linprobe-random" / "results.json").is_file()
     assert not (run / "eval" / "linprobe").exists()
 
@@ -75,7 +75,7 @@ def test_random_init_segprobe_and_explicit_output(tmp_path):
     assert main(["segprobe", "--weights", str(run), "--data", "synthetic", *DATA, "epochs=1", "--random-init",
                  "--output-dir", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["weights"]["path"] == str(run / "random-init" / "seed-0" / "model.safetensors")
+    assert results["weights"]["path"] == str(run / "random-init" / "seed-0" / "encoder.pt")
     assert not (run / "eval" / "segprobe").exists()
 
 

@@ -48,7 +48,7 @@ def test_smoke_study_writes_the_table(smoke, capsys):
     final = json.loads((smoke / "runs" / "mixedae" / "seed-0" / "results.json").read_text())["final"]
     assert rows["MixedAE"]["mean"]["sampling_acc"] == final["sampling_acc"] and final["sampling_acc"] > 0
     random = json.loads((smoke / "runs" / "random-init" / "seed-0" / "eval" / "knn" / "results.json").read_text())
-    assert random["weights"]["path"].endswith("random-init/seed-0/encoder/model.safetensors")
+    assert random["weights"]["path"].endswith("random-init/seed-0/encoder.pt")
     md = (smoke / "results.md").read_text()
     assert "| MixedAE | 1/1 |" in md and "ImageNet-1K" in md and "data loading included" in md
     assert f"command: `mixedae study {PLAN} --output-dir {smoke}`" in md
