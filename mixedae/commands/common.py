@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_overrides(parser: argparse.ArgumentParser) -> None:
-    """Trailing ``section.key=value`` config overrides."""
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=10 data.image_size=32"
-    )
+def add_overrides(parser: argparse.ArgumentParser, example: str = "train.epochs=10 data.image_size=32") -> None:
+    """Trailing ``section.key=value`` config overrides; ``example`` must parse into the command's config
+    (tests/eval/test_help_examples.py checks every command's)."""
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {example}")

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "(overrides the plan's data)")
     p.add_argument("--rows", help="comma list of row names to train and evaluate now (default all; the table "
                                   "still lists every row)")
-    add_overrides(p)
+    add_overrides(p, "seeds=[0] budget.train.epochs=2 budget.train.precision=bf16")
     p.set_defaults(func=run)
 
 
