@@ -35,6 +35,7 @@ def int_list(text: str) -> list[int]:
 
 RANDOM_INIT_HELP = ("evaluate an untrained encoder of the same shape as --weights instead (initialised with seed=, "
                     "default 0); results go to <run>/eval/<protocol>-random, never over the trained ones")
+RANDOM_INIT_PROTOCOLS = ("knn", "linprobe", "segprobe")
 
 
 def _common(p: argparse.ArgumentParser, random_init: bool = False) -> None:
@@ -66,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     for name, (short, description) in PROTOCOLS.items():
         p = sub.add_parser(name, help=short, description=description)
-        _common(p, random_init=name != "finetune")
+        _common(p, random_init=name in RANDOM_INIT_PROTOCOLS)
         p.set_defaults(func=run_protocol_command, protocol=name)
 
     p = sub.add_parser("transfer", help="k-NN / linear probe over several datasets: one table",
