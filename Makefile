@@ -1,4 +1,5 @@
-# make demo — set up .venv and run a real MixedAE + MAE pre-training and k-NN evaluation (CPU, minutes)
+# make demo — set up .venv and run a real MixedAE + MAE pre-training and k-NN evaluation, beside the k-NN of an
+#             untrained encoder of the same shape (CPU, minutes)
 # make test — set up .venv and run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -25,6 +26,9 @@ demo: $(STAMP)
 	$(PY) -m mixedae pretrain --config configs/pretrain/demo_mae.yaml --output-dir $(DEMO)/mae
 	$(PY) -m mixedae knn --weights $(DEMO)/mixedae $(KNN_DATA) --k 20
 	$(PY) -m mixedae knn --weights $(DEMO)/mae $(KNN_DATA) --k 20
+	@echo "the same k-NN on an untrained encoder of the same shape (the difference is what pre-training added):"
+	$(PY) -m mixedae knn --weights $(DEMO)/mixedae $(KNN_DATA) --k 20 --random-init
+	$(PY) -m mixedae knn --weights $(DEMO)/mae $(KNN_DATA) --k 20 --random-init
 	$(PY) -m mixedae report $(DEMO)/mixedae $(DEMO)/mae --out $(DEMO)/report.html
 	@echo "reconstructions: $(DEMO)/mixedae/recon/  $(DEMO)/mae/recon/   report: $(DEMO)/report.html"
 

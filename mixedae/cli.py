@@ -16,10 +16,10 @@ import sys
 from typing import Optional, Sequence
 
 from . import __version__
-from .commands import evaluate, pretrain, visualize
+from .commands import evaluate, pretrain, study, visualize
 from .errors import UserError
 
-COMMAND_GROUPS = (pretrain, evaluate, visualize)
+COMMAND_GROUPS = (pretrain, evaluate, visualize, study)
 ELSEWHERE = "or write somewhere else (--output-dir / --out)"
 FILESYSTEM_HINTS = {
     errno.ENOSPC: f"free some space {ELSEWHERE}", errno.EDQUOT: f"free some space {ELSEWHERE}",

@@ -185,6 +185,7 @@ class ModelConfig:
     homologous_blocks: Optional[Union[str, list[int]]] = None  # "all" | "none" | [indices]
     topk: Optional[int] = None
     homocon_weight: Optional[float] = None
+    recon_weight: Optional[float] = None  # w in L = w·L_recon + λ·L_HomoCon (mixing presets; 1.0); 0 = HomoCon alone
     tau: Optional[float] = None
     projector_dim: Optional[int] = None
 

@@ -248,6 +248,7 @@ def loads_16bit_by_scaling(w: World, t: Path) -> None:
 
 
 WRITE_ERROR = ("writable",)
+SMOKE_PLAN = str(Path(__file__).resolve().parents[1] / "configs" / "study" / "smoke.yaml")
 CASES = [
     # --- pre-training data: odd images are converted and used, unreadable ones skipped and counted
     *[Case(f"pretrain-mode-{m}", pre(f"{{root}}/mode-{m.replace(';', '')}"), check=used_every_image(22))
@@ -382,6 +383,11 @@ CASES = [
                                    "--out", "{t}/a.png", "data.sizes=3"], says=("unknown config key data.sizes",)),
     Case("report-folder-without-metrics", ["report", "{root}/good", "--out", "{t}/r.html"], says=("no metrics",)),
     Case("report-missing-folder", ["report", "{root}/nothing", "--out", "{t}/r.html"], says=("nothing",)),
+    Case("study-missing-plan", ["study", "{t}/plan.yaml", "--output-dir", "{t}/out"], says=("does not exist",)),
+    Case("study-plan-with-unknown-key", ["study", SMOKE_PLAN, "--output-dir", "{t}/out", "budget.trian.epochs=1"],
+         says=("trian",)),
+    Case("study-read-only-output", ["study", SMOKE_PLAN, "--output-dir", "{t}/ro/out"], says=WRITE_ERROR,
+         disk="ro"),
     Case("report-read-only-output", ["report", "{run}", "--out", "{t}/ro/r.html"], says=WRITE_ERROR, disk="ro"),
     Case("cli-unknown-command", ["pretrian"], says=("invalid choice",), subprocess=True),
 ]

@@ -7,7 +7,8 @@ import pytest
 
 from mixedae.cli import build_parser, main
 
-COMMANDS = ("pretrain", "knn", "linprobe", "finetune", "segprobe", "transfer", "export", "visualize", "report")
+COMMANDS = ("pretrain", "knn", "linprobe", "finetune", "segprobe", "transfer", "export", "visualize", "report",
+            "study")
 
 
 def exit_code(argv):

@@ -50,11 +50,27 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected an integer or a comma list like 10,20,100, got {text!r}") from None
 
 
-def _common(p: argparse.ArgumentParser, example: str) -> None:
+RANDOM_INIT_HELP = ("evaluate an untrained encoder of the same shape as --weights instead (initialised with seed=, "
+                    "default 0); results go to <run>/eval/<protocol>-random, never over the trained ones")
+RANDOM_INIT_PROTOCOLS = ("knn", "linprobe", "segprobe")
+
+
+def _common(p: argparse.ArgumentParser, example: str, random_init: bool = False) -> None:
     p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--output-dir", help="results folder (default <run>/eval/<protocol> or runs/eval/<name>/<protocol>)")
+    if random_init:
+        p.add_argument("--random-init", action="store_true", help=RANDOM_INIT_HELP)
     add_overrides(p, example)
+
+
+def _weights_args(args: argparse.Namespace, protocol: str) -> tuple:
+    """``(weights, output_dir, overrides)``: as given, or those of the untrained encoder with --random-init."""
+    if not getattr(args, "random_init", False):
+        return args.weights, args.output_dir, args.overrides
+    from ..eval.random_init import random_init_run
+
+    return random_init_run(args.weights, protocol, args.overrides, args.output_dir)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,14 +78,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="DINO's weighted k-NN (cosine, exp(sim/T) votes) on frozen cls and mean-patch "
                                    "features; the headline is cls top-1 at k=20. Keys: block_mib, extract_batch_size, "
                                    "device, cache_features, data.*, ...")
-    _common(p, KNN_EXAMPLE)
+    _common(p, KNN_EXAMPLE, random_init=True)
     p.add_argument("--k", type=int_list, default=[10, 20, 100, 200], help="k or comma list (default 10,20,100,200)")
     p.add_argument("--temperature", type=float, default=0.07, help="vote temperature T (default 0.07)")
     p.set_defaults(func=run_knn_command)
 
     for name, (short, description, example) in PROTOCOLS.items():
         p = sub.add_parser(name, help=short, description=description)
-        _common(p, example)
+        _common(p, example, random_init=name in RANDOM_INIT_PROTOCOLS)
         p.set_defaults(func=run_protocol_command, protocol=name)
 
     p = sub.add_parser("transfer", help="k-NN / linear probe over several datasets: one table",
@@ -99,8 +115,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_knn_command(args: argparse.Namespace) -> int:
     from ..eval.knn import run_knn, summary
 
-    print(summary(run_knn(args.weights, args.data, ks=args.k, temperature=args.temperature, overrides=args.overrides,
-                          output_dir=args.output_dir)))
+    weights, output_dir, overrides = _weights_args(args, "knn")
+    print(summary(run_knn(weights, args.data, ks=args.k, temperature=args.temperature, overrides=overrides,
+                          output_dir=output_dir)))
     return 0
 
 
@@ -109,7 +126,8 @@ def run_protocol_command(args: argparse.Namespace) -> int:
 
     module = {"linprobe": linprobe, "finetune": finetune, "segprobe": segprobe, "segfinetune": segfinetune}[args.protocol]
     run = getattr(module, f"run_{args.protocol}")
-    text = module.summary(run(args.weights, args.data, overrides=args.overrides, output_dir=args.output_dir))
+    weights, output_dir, overrides = _weights_args(args, args.protocol)
+    text = module.summary(run(weights, args.data, overrides=overrides, output_dir=output_dir))
     if text:
         print(text)
     return 0

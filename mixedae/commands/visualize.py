@@ -106,9 +106,10 @@ def run_report(args: argparse.Namespace) -> int:
 
     out = build_report(args.run_dirs, args.out)
     runs = json.loads(out.with_suffix(".json").read_text())["runs"]
-    for run in runs:  # the headline k-NN top-1 of `mixedae knn` on this run, when it was evaluated
+    for run in runs:  # the headline k-NN top-1 of `mixedae knn` on this run (and with --random-init), if evaluated
         run["summary"]["knn_top1"] = run["eval"].get("knn/results.top1")
-    keys = ("steps", "loss", "recon", "homocon", "sampling_acc", "knn_top1")
+        run["summary"]["knn_random"] = run["eval"].get("knn-random/results.top1")
+    keys = ("steps", "loss", "recon", "homocon", "sampling_acc", "knn_top1", "knn_random")
     print("run".ljust(20) + "model".ljust(30) + "".join(k.rjust(13) for k in keys))
     for run in runs:
         row = run["summary"]

@@ -59,6 +59,26 @@ class EvalConfig:
         require_positive(self, tuple(n for n in ("lr", "blr") if hasattr(self, n)))  # a protocol's learning rates
 
 
+@dataclass
+class ImageSampleConfig(EvalConfig):
+    """Measures taken on the first ``num_images`` images of the val split (patch cosine, attention on objects)."""
+
+    num_images: int = 256
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_images < 1:
+            raise UserError(f"num_images must be >= 1, got {self.num_images}")
+
+    def image_size(self, encoder: VisionTransformer) -> int:
+        """The encoder's input size, which these measures use; another ``data.image_size`` is a UserError."""
+        size = self.data.image_size
+        if size is not None and size != encoder.img_size:
+            raise UserError(f"data.image_size={size} but the encoder works on {encoder.img_size} px images; "
+                            f"drop the override or set data.image_size={encoder.img_size}")
+        return encoder.img_size
+
+
 def load_eval_config(cls: type, data: str, overrides: Sequence[str] = (), extra: Optional[dict] = None) -> Any:
     """A protocol config from its defaults, ``extra`` (function arguments) and ``key=value`` overrides."""
     return load_config(cls, None, list(overrides), {"data": {"spec": data}, **(extra or {})})

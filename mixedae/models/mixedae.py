@@ -14,7 +14,7 @@ Read top to bottom (METHOD.md §2–3):
 6. ``recon_loss``        — normalised-pixel MSE of source ``i`` over the positions where ``M ≠ i``.
 7. ``homocon_loss``      — homologous contrastive loss on the encoder's output patch features.
 
-``L = L_recon + λ · L_HomoCon``. The naive-mixing baseline (§2) is the same class with ordinary
+``L = w · L_recon + λ · L_HomoCon`` (``w = recon_weight``, 1 by default). The naive-mixing baseline (§2) is the same class with ordinary
 attention, no segment embeddings and ``λ = 0`` (the ``mix_*`` presets).
 
 Shapes: ``B`` images, ``n = B/G`` groups, ``S`` mixed samples per group (1 compose, ``G`` full),
@@ -56,6 +56,8 @@ class MixedAutoencoder(nn.Module):
         homologous_blocks: encoder blocks with top-k attention: ``"all"``, ``"none"`` or indices.
         topk: ``K`` of homologous attention; None means ``rL``.
         homocon_weight: ``λ``, 1.0 (0 switches the contrastive term off).
+        recon_weight: ``w``, the weight of the reconstruction loss, 1.0 (0 gives the HomoCon-only
+            ablation; ``metrics["recon"]`` is still reported, unweighted).
         tau: contrastive temperature ``τ``, 0.25.
         projector_dim: None (no projector, default) or the output width of a 2-layer MLP
             projector applied before the contrastive loss.
@@ -73,6 +75,7 @@ class MixedAutoencoder(nn.Module):
         homologous_blocks: Union[str, Sequence[int]] = "all",
         topk: Optional[int] = None,
         homocon_weight: float = 1.0,
+        recon_weight: float = 1.0,
         tau: float = 0.25,
         projector_dim: Optional[int] = None,
         norm_pix_loss: bool = True,
@@ -103,9 +106,14 @@ class MixedAutoencoder(nn.Module):
                 f"the homologous contrastive loss needs at least 2 patches per source, but r·L = {length // g}; "
                 "use larger images / smaller patches, a larger mixing ratio, or homocon_weight=0"
             )
+        if recon_weight < 0 or homocon_weight < 0:
+            raise ValueError(f"loss weights must be >= 0, got recon_weight={recon_weight}, homocon_weight={homocon_weight}")
+        if recon_weight == 0 and homocon_weight == 0:
+            raise ValueError("recon_weight=0 and homocon_weight=0 leave nothing to learn; set one of them > 0")
         if projector_dim is not None and homocon_weight <= 0:
             raise ValueError("projector_dim is set but homocon_weight is 0, so the projector would never be trained")
-        self.homocon_weight, self.tau, self.norm_pix_loss = homocon_weight, tau, norm_pix_loss
+        self.homocon_weight, self.recon_weight = homocon_weight, recon_weight
+        self.tau, self.norm_pix_loss = tau, norm_pix_loss
         self.decoder = Decoder.for_encoder(encoder, decoder_dim, decoder_depth, decoder_heads)
         if segment_embed != "none":  # E_seg: [G, D_dec] (decoder) or [G, D] (encoder)
             width = decoder_dim if segment_embed == "decoder" else encoder.embed_dim
@@ -234,8 +242,9 @@ class MixedAutoencoder(nn.Module):
         latent, sampling_acc = self.forward_encoder(mixed, token_src)
         pred = self.forward_decoder(latent, token_src).reshape(n, s, g, length, -1)
         target = normalized_pixels(patches) if self.norm_pix_loss else patches
-        loss = self.recon_loss(pred, target, assign)
-        metrics = {"recon": loss.detach()}
+        recon = self.recon_loss(pred, target, assign)
+        loss = self.recon_weight * recon
+        metrics = {"recon": recon.detach()}
         if self.homocon_weight > 0:
             homocon = self.homocon_loss(latent[:, 1:], token_src)
             loss = loss + self.homocon_weight * homocon

@@ -42,7 +42,8 @@ METHOD_DEFAULTS = {
 ENCODER_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias")
 DECODER_KEYS = ("decoder_dim", "decoder_depth", "decoder_heads")
 COMMON_KEYS = ("mix_ratio", "norm_pix_loss")
-MIXING_KEYS = ("mode", "segment_embed", "homologous_blocks", "topk", "homocon_weight", "tau", "projector_dim")
+MIXING_KEYS = ("mode", "segment_embed", "homologous_blocks", "topk", "homocon_weight", "recon_weight", "tau",
+               "projector_dim")
 
 PRESETS = {
     f"{method}_vit_{size}_{res}": (method, size, res)

@@ -15,11 +15,12 @@ from mixedae.eval.knn import KnnConfig
 from mixedae.eval.linprobe import LinprobeConfig
 from mixedae.eval.segfinetune import SegFinetuneConfig
 from mixedae.eval.segprobe import SegprobeConfig
+from mixedae.study.plan import load_plan
 from mixedae.eval.transfer import PROTOCOLS as TRANSFER_PROTOCOLS, protocol_overrides
 
 CONFIGS = {"pretrain": PretrainConfig, "knn": KnnConfig, "linprobe": LinprobeConfig, "finetune": FinetuneConfig,
            "segprobe": SegprobeConfig, "segfinetune": SegFinetuneConfig, "visualize": VisualizeConfig,
-           "transfer": None}  # transfer: per protocol
+           "transfer": None, "study": None}  # transfer: per protocol; study: a plan, not a config  # transfer: per protocol
 TRANSFER_CONFIGS = {"knn": KnnConfig, "linprobe": LinprobeConfig}
 
 
@@ -60,6 +61,11 @@ def test_help_example_parses_into_the_commands_config(command, capsys):
         assert {o.split(".", 1)[0] for o in example} & set(TRANSFER_PROTOCOLS)  # shows a per-protocol override
         for protocol, cls in TRANSFER_CONFIGS.items():
             load_config(cls, None, protocol_overrides(example, protocol), extra)
+        return
+    if command == "study":  # overrides change the plan itself
+        plan = load_plan("configs/study/smoke.yaml", overrides=example)
+        key, value = example[0].split("=", 1)
+        assert value in repr(plan), f"{example[0]} does not show in the loaded plan"
         return
     cfg = load_config(CONFIGS[command], None, example, extra)
     key, value = example[0].split("=", 1)
