@@ -48,15 +48,19 @@ def test_checkpointing_gives_identical_gradients(name):
         torch.testing.assert_close(grads1[n], grads0[n], atol=1e-13, rtol=0, msg=n)
 
 
-def test_checkpointing_is_off_without_autograd():
+def test_checkpointing_only_while_autograd_records(monkeypatch):
+    """Evaluation and feature extraction (no autograd) run the blocks directly, not through checkpoint."""
+    import mixedae.models.vit as vit
+
+    calls = []
+    monkeypatch.setattr(vit, "checkpoint", lambda fn, *a, use_reentrant, **kw: calls.append(fn) or fn(*a, **kw))
     model = small_model("mixedae")
     model.encoder.set_grad_checkpointing(True)
-    calls = []
-    for block in model.encoder.blocks:
-        block.register_forward_pre_hook(lambda m, a: calls.append(m))
     with torch.no_grad():
         model(torch.randn(4, 3, 16, 16))
-    assert len(calls) == len(model.encoder.blocks)
+    assert calls == []
+    model(torch.randn(4, 3, 16, 16))
+    assert calls == list(model.encoder.blocks)
 
 
 @pytest.mark.parametrize("method", ["mae", "mix", "mixedae"])
