@@ -1,5 +1,8 @@
 """MAE baseline (He et al. 2022), METHOD.md §1: random masking, encoder on visible patches,
-light decoder with mask tokens, normalised-pixel MSE on the masked patches only."""
+light decoder with mask tokens, normalised-pixel MSE on the masked patches only.
+
+The visible fraction is METHOD.md's ``r`` (``model.mix_ratio``, 0.25 = MAE's mask ratio 0.75): MAE
+keeps ``round(r·L)`` patches visible."""
 
 from __future__ import annotations
 
@@ -22,30 +25,35 @@ class MaskedAutoencoder(nn.Module):
         decoder_dim: int = 512,
         decoder_depth: int = 8,
         decoder_heads: int = 16,
-        mask_ratio: float = 0.75,
+        visible_ratio: float = 0.25,
         norm_pix_loss: bool = True,
     ) -> None:
         super().__init__()
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"mask ratio must lie in (0, 1), got {mask_ratio}")
+        if not 0.0 < visible_ratio < 1.0:
+            raise ValueError(f"visible fraction r must lie in (0, 1), got {visible_ratio}")
         self.encoder = encoder
         self.patch_size = encoder.patch_size
         self.num_patches = encoder.num_patches
-        self.mask_ratio = mask_ratio
+        self.visible_ratio = visible_ratio
+        self.num_visible = round(visible_ratio * self.num_patches)  # round(r·L); Python rounds .5 to even
+        if not 1 <= self.num_visible < self.num_patches:
+            raise ValueError(
+                f"visible fraction r = {visible_ratio} keeps round(r·L) = {self.num_visible} of L = "
+                f"{self.num_patches} patches; MAE needs at least one visible and one masked patch"
+            )
         self.norm_pix_loss = norm_pix_loss
         self.group_size = 1  # images per row of masking noise (MixedAE: G images share one mask)
         self.decoder = Decoder.for_encoder(encoder, decoder_dim, decoder_depth, decoder_heads)
 
     def random_masking(self, noise: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-image uniform random masking driven by ``noise: [N, L]`` (i.i.d. uniform): the patches
-        with the smallest noise stay visible.
+        """Per-image uniform random masking driven by ``noise: [N, L]`` (i.i.d. uniform): the
+        ``L_vis = round(r·L)`` patches with the smallest noise stay visible.
 
         Returns ``ids_keep [N, L_vis]`` (visible patch indices) and ``mask [N, L]`` (1 = masked).
         """
         n, length = noise.shape
-        num_keep = int(length * (1 - self.mask_ratio))
         ids_shuffle = noise.argsort(dim=1)
-        ids_keep = ids_shuffle[:, :num_keep]
+        ids_keep = ids_shuffle[:, : self.num_visible]
         mask = torch.ones(n, length, device=noise.device)
         mask.scatter_(1, ids_keep, 0.0)
         return ids_keep, mask
@@ -69,12 +77,16 @@ class MaskedAutoencoder(nn.Module):
         patches = patchify(imgs, self.patch_size)
         return normalized_pixels(patches) if self.norm_pix_loss else patches
 
-    def forward(self, imgs: Tensor, noise: Optional[Tensor] = None) -> tuple[Tensor, dict[str, Any]]:
+    def forward(
+        self, imgs: Tensor, noise: Optional[Tensor] = None, with_metrics: bool = True
+    ) -> tuple[Tensor, dict[str, Any]]:
         """
         Args:
             imgs: ``[N, C, H, W]`` normalised images.
             noise: ``[N, L]`` uniform noise that draws the masks (fresh ``torch.rand`` if None; the
                 engine passes noise derived from (seed, step) so runs are exactly reproducible).
+            with_metrics: accepted for symmetry with MixedAE (whose sampling accuracy costs time);
+                MAE's only metric is the loss itself, reported either way.
         Returns:
             ``loss`` (scalar) and a dict with ``metrics`` (``{"recon": ...}``, detached), ``pred``
             ``[N, L, p*p*C]`` and ``mask`` ``[N, L]`` (1 = masked).

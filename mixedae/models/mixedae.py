@@ -162,14 +162,16 @@ class MixedAutoencoder(nn.Module):
         return torch.gather(patches[:, None].expand(n, s, g, length, p), 2, index)[:, :, 0]
 
     # 4. encoder -------------------------------------------------------------------------------
-    def forward_encoder(self, mixed: Tensor, token_src: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    def forward_encoder(
+        self, mixed: Tensor, token_src: Tensor, with_metrics: bool = True
+    ) -> tuple[Tensor, Optional[Tensor]]:
         """``mixed: [N, C, H, W]`` (``N = nS``), ``token_src: [N, L]`` →
-        latent ``[N, 1+L, D]`` and the sampling accuracy (None without homologous blocks)."""
+        latent ``[N, 1+L, D]`` and the sampling accuracy (None without homologous blocks or metrics)."""
         x = self.encoder.embed_patches(mixed)  # [N, L, D]
         if self.segment_embed_place == "encoder":
             x = x + self.segment_embed[token_src]
         latent, accuracies = self.encoder.forward_tokens(
-            x, topk=self.topk, homologous_blocks=self.homologous_blocks, token_src=token_src
+            x, topk=self.topk, homologous_blocks=self.homologous_blocks, token_src=token_src if with_metrics else None
         )
         accuracy = torch.stack(accuracies).mean() if accuracies else None
         return latent, accuracy
@@ -211,15 +213,19 @@ class MixedAutoencoder(nn.Module):
         positive = (token_src[:, :, None] == token_src[:, None, :]) & ~self_pair
         return -log_prob[positive].sum() / positive.sum()
 
-    def forward(self, imgs: Tensor, noise: Optional[Tensor] = None) -> tuple[Tensor, dict[str, Any]]:
+    def forward(
+        self, imgs: Tensor, noise: Optional[Tensor] = None, with_metrics: bool = True
+    ) -> tuple[Tensor, dict[str, Any]]:
         """
         Args:
             imgs: ``[B, C, H, W]``; consecutive runs of ``G`` images form the groups.
             noise: ``[B/G, L]`` uniform noise that draws the mixing masks (fresh ``torch.rand`` if
                 None; the engine passes noise derived from (seed, step) for exact reproducibility).
+            with_metrics: False skips the sampling accuracy (a few passes over the ``[N, h, L, L]``
+                keep mask per homologous block; e.g. on steps that are not logged). The loss is the same.
         Returns:
             ``loss`` (scalar) and a dict with ``metrics`` (detached scalars ``recon``, ``homocon``
-            if ``λ > 0``, ``sampling_acc`` with homologous attention), ``pred [n, S, G, L, P]``,
+            if ``λ > 0``, ``sampling_acc`` with homologous attention and ``with_metrics``), ``pred [n, S, G, L, P]``,
             ``assign [n, S, L]`` (source slot per position of each mixed sample) and
             ``mixed [n, S, C, H, W]`` (the encoder's input images).
         """
@@ -239,7 +245,7 @@ class MixedAutoencoder(nn.Module):
         mixed = unpatchify(self.mix(patches, assign).flatten(0, 1), self.patch_size, c)  # [nS, C, H, W]
         token_src = assign.flatten(0, 1)  # [nS, L]
 
-        latent, sampling_acc = self.forward_encoder(mixed, token_src)
+        latent, sampling_acc = self.forward_encoder(mixed, token_src, with_metrics)
         pred = self.forward_decoder(latent, token_src).reshape(n, s, g, length, -1)
         target = normalized_pixels(patches) if self.norm_pix_loss else patches
         recon = self.recon_loss(pred, target, assign)

@@ -39,7 +39,8 @@ METHOD_DEFAULTS = {
     "mix": dict(homologous_blocks="none", segment_embed="none", homocon_weight=0.0),
     "mixedae": {},
 }
-ENCODER_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias")
+ENCODER_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
+                "grad_checkpointing")
 DECODER_KEYS = ("decoder_dim", "decoder_depth", "decoder_heads")
 COMMON_KEYS = ("mix_ratio", "norm_pix_loss")
 MIXING_KEYS = ("mode", "segment_embed", "homologous_blocks", "topk", "homocon_weight", "recon_weight", "tau",
@@ -74,6 +75,9 @@ def method_of(name: str) -> str:
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build a preset by name; ``overrides`` replace any of its options (None values are ignored).
 
+    ``grad_checkpointing=True`` recomputes every encoder block in the backward pass instead of storing
+    its activations (:meth:`VisionTransformer.set_grad_checkpointing`): same gradients, less memory.
+
     A key that the preset's method does not have (a mixing option on an MAE preset, a typo) is a
     ``ValueError`` naming it.
     """
@@ -88,5 +92,5 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
         mix_ratio = kwargs.pop("mix_ratio", 0.25)
         if not 0.0 < mix_ratio < 1.0:
             raise ValueError(f"mix_ratio (visible fraction r) must lie in (0, 1), got {mix_ratio}")
-        return MaskedAutoencoder(encoder, mask_ratio=1.0 - mix_ratio, **kwargs)
+        return MaskedAutoencoder(encoder, visible_ratio=mix_ratio, **kwargs)
     return MixedAutoencoder(encoder, **kwargs)

@@ -66,10 +66,13 @@ def ref_attention(x, attn, topk=None, num_prefix=1, token_src=None):
     """Loop reference of (homologous) multi-head attention, the module's weights, float64.
 
     For each sample, head and query row: logits q·k/√D_h over all keys; a patch query (t ≥ num_prefix)
-    under top-k keeps the prefix keys plus its ``topk`` largest *patch* logits; a prefix (cls) query
-    keeps everything. Softmax over the kept keys, weighted sum of V, then the output projection.
+    under top-k keeps the prefix keys plus every patch key whose logit is ≥ the ``topk``-th largest
+    patch logit of its row (so ties at that value are all kept); a prefix (cls) query keeps everything.
+    Softmax over the kept keys, weighted sum of V, then the output projection.
 
-    Returns (out [N, T, D] numpy, sampling accuracy computed by counting or None).
+    Returns (out [N, T, D] numpy, sampling accuracy or None): the accuracy is, per patch query, the
+    number of kept patch keys with the query's source (its own key included) over the number kept,
+    averaged over samples, heads and queries.
     """
     X = n64(x)
     n, t, d = X.shape
@@ -80,7 +83,7 @@ def ref_attention(x, attn, topk=None, num_prefix=1, token_src=None):
     w_p, b_p = n64(attn.proj.weight), n64(attn.proj.bias)
     src = None if token_src is None else np.asarray(token_src.detach().cpu())
     out = np.zeros((n, t, d))
-    hits = total = 0
+    fractions = []
     for b in range(n):
         qkv = X[b] @ w_qkv.T + b_qkv  # [T, 3D]: q | k | v, heads contiguous inside each
         q, k, v = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]
@@ -92,14 +95,13 @@ def ref_attention(x, attn, topk=None, num_prefix=1, token_src=None):
                 if topk is None or row < num_prefix:
                     keep = list(range(t))
                 else:
-                    patch_ids = list(range(t - num_prefix))
-                    patch_ids.sort(key=lambda j: -logits[num_prefix + j])
-                    chosen = patch_ids[: min(topk, t - num_prefix)]
+                    patch_logits = sorted((logits[num_prefix + j] for j in range(t - num_prefix)), reverse=True)
+                    kth = patch_logits[min(topk, t - num_prefix) - 1]
+                    chosen = [j for j in range(t - num_prefix) if logits[num_prefix + j] >= kth]
                     keep = list(range(num_prefix)) + [num_prefix + j for j in chosen]
                     if src is not None:
-                        for j in chosen:
-                            hits += int(src[b, j] == src[b, row - num_prefix])
-                            total += 1
+                        hits = sum(int(src[b, j] == src[b, row - num_prefix]) for j in chosen)
+                        fractions.append(hits / len(chosen))
                 m = max(logits[j] for j in keep)
                 weights = {j: math.exp(logits[j] - m) for j in keep}
                 z = sum(weights.values())
@@ -108,8 +110,49 @@ def ref_attention(x, attn, topk=None, num_prefix=1, token_src=None):
                     acc += wj / z * v[j, sl]
                 cat[row, sl] = acc
         out[b] = cat @ w_p.T + b_p
-    accuracy = hits / total if (src is not None and topk is not None) else None
+    accuracy = sum(fractions) / len(fractions) if (src is not None and topk is not None) else None
     return out, accuracy
+
+
+def ref_kept_sets(x, attn, topk, num_prefix=1) -> list:
+    """Loop reference of the keys homologous attention keeps: ``kept[b][head][i]`` is the set of patch
+    indices whose logit is ≥ the ``topk``-th largest patch logit of patch query ``i`` (float64)."""
+    X = n64(x)
+    n, t, d = X.shape
+    heads, dh = attn.num_heads, d // attn.num_heads
+    w_qkv = n64(attn.qkv.weight)
+    b_qkv = n64(attn.qkv.bias) if attn.qkv.bias is not None else np.zeros(3 * d)
+    kept = []
+    for b in range(n):
+        qkv = X[b] @ w_qkv.T + b_qkv
+        q, k = qkv[:, :d], qkv[:, d : 2 * d]
+        per_head = []
+        for hh in range(heads):
+            sl = slice(hh * dh, (hh + 1) * dh)
+            rows = []
+            for i in range(t - num_prefix):
+                logits = [float(np.dot(q[num_prefix + i, sl], k[num_prefix + j, sl])) for j in range(t - num_prefix)]
+                kth = sorted(logits, reverse=True)[min(topk, len(logits)) - 1]
+                rows.append({j for j, value in enumerate(logits) if value >= kth})
+            per_head.append(rows)
+        kept.append(per_head)
+    return kept
+
+
+def chance_level(kept_sets, length: int, g: int) -> float:
+    """Exact expectation of the sampling accuracy over balanced assignments drawn independently of
+    the kept sets. For a query whose kept set S has |S| = K keys, ``s = 1`` if it contains the query's
+    own key (always homologous) else 0; each of the other K - s keys shares the query's source with
+    probability (L/g - 1)/(L - 1) (the query's source owns L/g - 1 of the other L - 1 positions):
+    E = (s + (K - s)(L/g - 1)/(L - 1)) / K, averaged over queries."""
+    p_other = (length // g - 1) / (length - 1)
+    values = []
+    for b, per_head in enumerate(kept_sets):
+        for rows in per_head:
+            for i, row in enumerate(rows):
+                s = int(i in row)
+                values.append((s + (len(row) - s) * p_other) / len(row))
+    return float(np.mean(values))
 
 
 def _layer_norm(x: np.ndarray, ln) -> np.ndarray:

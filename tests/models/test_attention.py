@@ -1,12 +1,20 @@
-"""Homologous (top-k) attention and sampling accuracy vs a loop reference (METHOD.md §3.3)."""
+"""Homologous (top-k) attention and sampling accuracy vs a loop reference (METHOD.md §3.3).
+
+Every equality test runs each implementation of homologous attention (``eager``: one logits pass with
+autograd; ``sdpa``: the selection without autograd, then the fused kernel with an additive mask).
+"""
+
+import math
 
 import numpy as np
 import pytest
 import torch
 
-from mixedae.models.vit import Attention, homologous_fraction
+from mixedae.models.vit import Attention, additive_mask_, homologous_fraction, kept_keys, kth_largest
 
-from ._helpers import ref_attention
+from ._helpers import chance_level, ref_attention, ref_kept_sets
+
+IMPLS = ["eager", "sdpa"]
 
 
 def balanced_sources(n: int, length: int, g: int, gen: torch.Generator) -> torch.Tensor:
@@ -15,18 +23,20 @@ def balanced_sources(n: int, length: int, g: int, gen: torch.Generator) -> torch
     return torch.stack([base[torch.randperm(length, generator=gen)] for _ in range(n)])
 
 
-def make_attn(dim=16, heads=2, seed=0):
+def make_attn(dim=16, heads=2, seed=0, impl="eager"):
     torch.manual_seed(seed)
     attn = Attention(dim, heads).double()
     for p in attn.parameters():  # non-zero biases so that they are exercised too
         torch.nn.init.normal_(p, std=0.3)
+    attn.homologous_impl = impl
     return attn
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("topk", [1, 2, 4, 7, 8])
 @pytest.mark.parametrize("heads", [1, 2, 4])
-def test_topk_matches_loop_reference(topk, heads):
-    attn = make_attn(16, heads, seed=topk)
+def test_topk_matches_loop_reference(impl, topk, heads):
+    attn = make_attn(16, heads, seed=topk, impl=impl)
     x = torch.randn(2, 1 + 8, 16, dtype=torch.float64)
     gen = torch.Generator().manual_seed(1)
     src = balanced_sources(2, 8, 2, gen)
@@ -36,9 +46,32 @@ def test_topk_matches_loop_reference(topk, heads):
     assert acc.item() == pytest.approx(ref_acc, abs=1e-6)
 
 
-def test_topk_restricts_patch_queries_only():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradients_match_finite_differences(impl):
+    """The backward of each implementation (in-place masked logits / fused kernel with a mask) against
+    central finite differences of its own forward — independent of autograd."""
+    attn = make_attn(8, 2, seed=3, impl=impl)
+    x = torch.randn(2, 1 + 6, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda inp: attn(inp, topk=2)[0], (x,), eps=1e-6, atol=1e-7)
+
+
+def test_implementations_agree_in_values_and_gradients():
+    x = torch.randn(3, 1 + 12, 16, dtype=torch.float64)
+    results = []
+    for impl in IMPLS:
+        attn = make_attn(16, 4, seed=5, impl=impl)
+        inp = x.clone().requires_grad_()
+        out, _ = attn(inp, topk=3)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        results.append((out.detach(), inp.grad, attn.qkv.weight.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_topk_restricts_patch_queries_only(impl):
     """With K = 1 the patch rows differ from ordinary attention, the cls row does not."""
-    attn = make_attn(16, 2)
+    attn = make_attn(16, 2, impl=impl)
     x = torch.randn(2, 1 + 8, 16, dtype=torch.float64)
     plain, _ = attn(x)
     homo, _ = attn(x, topk=1)
@@ -46,9 +79,10 @@ def test_topk_restricts_patch_queries_only():
     assert (homo[:, 1:] - plain[:, 1:]).abs().max() > 1e-3
 
 
-def test_cls_key_kept_and_not_counted():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cls_key_kept_and_not_counted(impl):
     """Patch query t with K = 1: output = proj(softmax over {cls, best patch} · V) — computed by hand."""
-    attn = make_attn(8, 1)
+    attn = make_attn(8, 1, impl=impl)
     x = torch.randn(1, 1 + 5, 8, dtype=torch.float64)
     out, _ = attn(x, topk=1)
     w, b = attn.qkv.weight.detach(), attn.qkv.bias.detach()
@@ -63,9 +97,10 @@ def test_cls_key_kept_and_not_counted():
         torch.testing.assert_close(out[0, t], expect, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("heads", [1, 2])
-def test_full_k_equals_ordinary_attention(heads):
-    attn = make_attn(16, heads)
+def test_full_k_equals_ordinary_attention(impl, heads):
+    attn = make_attn(16, heads, impl=impl)
     x = torch.randn(3, 1 + 9, 16, dtype=torch.float64)
     plain, acc = attn(x)
     assert acc is None
@@ -77,49 +112,152 @@ def test_full_k_equals_ordinary_attention(heads):
     np.testing.assert_allclose(big.detach().numpy(), ref, atol=1e-10, rtol=0)
 
 
-def test_no_accuracy_without_sources():
-    attn = make_attn(16, 2)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_no_accuracy_without_sources(impl):
+    attn = make_attn(16, 2, impl=impl)
     _, acc = attn(torch.randn(1, 5, 16, dtype=torch.float64), topk=2)
     assert acc is None
+
+
+def test_auto_is_eager_on_cpu_and_bad_impl_raises(monkeypatch):
+    attn = make_attn(16, 2, impl="auto")
+    x = torch.randn(1, 5, 16, dtype=torch.float64)
+    calls = []
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(kw) or torch.zeros(1, 2, 5, 8, dtype=torch.float64))
+    attn(x, topk=2)
+    assert calls == []  # on CPU, auto = eager: no SDPA call for a homologous block
+    attn.homologous_impl = "flash"
+    with pytest.raises(ValueError, match="homologous_impl"):
+        attn(x, topk=2)
+
+
+# ------------------------------------------------------------------------------------------------
+# ties: every key tied with the K-th largest logit is kept (more than K keys)
+# ------------------------------------------------------------------------------------------------
+def tie_case():
+    """One head, D_h = 4 (scale 1/2, exact), q = k = v = x: integer logits x_i·x_j / 2 with ties.
+
+    Patch tokens (rows) 1..5; query 1 = e0 + e1 has logits against patches 1..5 of
+    [2, 1, 1, 0, 1] / 2 · (its own key first): with K = 2 the 2nd largest is 1/2, tied by patches 2,
+    3 and 5, so query 1 keeps 4 patch keys (itself + 3 tied).
+    """
+    attn = Attention(4, 1).double()
+    with torch.no_grad():
+        attn.qkv.weight.copy_(torch.cat([torch.eye(4)] * 3).double())
+        attn.qkv.bias.zero_()
+        attn.proj.weight.copy_(torch.eye(4).double())
+        attn.proj.bias.zero_()
+    x = torch.tensor([[[0.0, 0.0, 0.0, 3.0],  # cls
+                       [1.0, 1.0, 0.0, 0.0],
+                       [1.0, 0.0, 0.0, 0.0],
+                       [0.0, 1.0, 0.0, 0.0],
+                       [0.0, 0.0, 1.0, 0.0],
+                       [1.0, 0.0, 1.0, 1.0]]], dtype=torch.float64)
+    return attn, x
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ties_at_the_kth_logit_are_all_kept(impl):
+    attn, x = tie_case()
+    attn.homologous_impl = impl
+    src = torch.tensor([[0, 0, 1, 1, 1]])
+    out, acc = attn(x, topk=2, token_src=src)
+    # query 1 (patch 0) by hand: keys cls, patches 0, 1, 2, 4 with logits 0, 1, 1/2, 1/2, 1/2 (patch 3: 0, dropped)
+    keys = [0, 1, 2, 3, 5]  # token rows
+    logits = torch.tensor([0.0, 1.0, 0.5, 0.5, 0.5], dtype=torch.float64)
+    w = logits.softmax(0)
+    torch.testing.assert_close(out[0, 1], (w[:, None] * x[0, keys]).sum(0), atol=1e-12, rtol=0)
+    keep = kept_keys((x @ x.transpose(1, 2))[:, None] / 2, topk=2, num_prefix=1)
+    assert keep[0, 0, 1, 1:].tolist() == [1, 1, 1, 0, 1]
+    # by hand, patch-patch dot products per query: [2,1,1,0,1], [1,1,0,0,1], [1,0,1,0,0], [0,0,0,1,1],
+    # [1,1,0,1,3] → kept (≥ 2nd largest): 4, 3, 2, 2, 4 keys — K = 2 or more on ties, never fewer
+    assert keep[0, 0, 1:, 1:].sum(-1).tolist() == [4, 3, 2, 2, 4]
+    assert keep[0, 0, 0].tolist() == [1] * 6 and keep[0, 0, :, 0].tolist() == [1] * 6  # cls row, cls column
+    ref, ref_acc = ref_attention(x, attn, topk=2, token_src=src)  # the loop keeps ties too
+    np.testing.assert_allclose(out.detach().numpy(), ref, atol=1e-12, rtol=0)
+    # The ties are visible in the sampling accuracy. Sources [0, 0, 1, 1, 1]; per query hits / kept:
+    # 2/4, 2/3, 1/2, 2/2, 2/4 → mean 19/30 (breaking ties to exactly K = 2 keys by index would give
+    # 2/2, 2/2, 1/2, 2/2, 1/2 → 0.8).
+    assert acc.item() == pytest.approx(19 / 30, abs=1e-6)
+    assert ref_acc == pytest.approx(19 / 30, abs=1e-12)
+
+
+def test_ties_in_bf16_keep_every_tied_key():
+    """bf16 logits tie often; the threshold keeps all of them (here a whole row of equal logits)."""
+    logits = torch.zeros(1, 1, 1 + 6, 1 + 6, dtype=torch.bfloat16)
+    logits[0, 0, 2, 1:] = torch.tensor([3.0, 1.0, 1.0, 1.0, -2.0, 1.0])
+    keep = kept_keys(logits, topk=2, num_prefix=1)
+    assert keep[0, 0, 1, 1:].tolist() == [1] * 6  # all-equal row: everything ties with the 2nd largest
+    assert keep[0, 0, 2, 1:].tolist() == [1, 1, 1, 1, 0, 1]
+    assert (keep[0, 0, 0] == 1).all() and (keep[0, 0, :, 0] == 1).all()  # cls row and cls column
+
+
+def test_additive_mask_values():
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        keep = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=dtype)
+        mask = additive_mask_(keep)
+        assert mask is keep and mask.dtype == dtype
+        assert mask.tolist() == [[0.0, -math.inf], [-math.inf, 0.0]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("k", [1, 5, 49, 196, 300])
+def test_kth_largest_equals_a_sort(dtype, k):
+    """The CPU selection (NumPy partition) against Python's sorted, row by row, ties included."""
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(2, 3, 7, 196, generator=gen).to(dtype)
+    x[0, 0, 0, :] = 1.0  # a row of ties
+    x[1, 2, 3, :50] = x[1, 2, 3, 0]  # many ties at the top
+    out = kth_largest(x[..., 1:, :], k)  # a strided view, as in kept_keys
+    assert out.shape == (2, 3, 6, 1) and out.dtype == dtype
+    for idx in np.ndindex(2, 3, 6):
+        row = x[idx[0], idx[1], 1 + idx[2]].tolist()
+        assert out[idx].item() == sorted(row, reverse=True)[min(k, 196) - 1]
 
 
 # ------------------------------------------------------------------------------------------------
 # sampling accuracy
 # ------------------------------------------------------------------------------------------------
-def loop_fraction(kept: torch.Tensor, src: torch.Tensor) -> float:
-    n, h, length, k = kept.shape
-    hits = 0
-    for b in range(n):
-        for hh in range(h):
-            for q in range(length):
-                for j in range(k):
-                    hits += int(src[b, kept[b, hh, q, j]] == src[b, q])
-    return hits / (n * h * length * k)
+def keep_mask(kept_idx: torch.Tensor, length: int) -> torch.Tensor:
+    """[N, h, L, K] kept patch indices → [N, h, 1+L, 1+L] keep mask (1 kept; cls row/column kept), by loops."""
+    n, h, _, _ = kept_idx.shape
+    keep = torch.zeros(n, h, 1 + length, 1 + length)
+    keep[:, :, 0, :] = 1
+    keep[:, :, :, 0] = 1
+    for idx in np.ndindex(n, h, length):
+        for j in kept_idx[idx].tolist():
+            keep[idx[0], idx[1], 1 + idx[2], 1 + j] = 1
+    return keep
 
 
 def test_homologous_fraction_hand_built():
     src = torch.tensor([[0, 0, 1, 1]])
     kept = torch.tensor([[[[0, 2], [1, 0], [2, 3], [3, 0]]]])  # per query: 1/2, 1, 1, 1/2
-    assert homologous_fraction(kept, src).item() == pytest.approx(0.75)
+    assert homologous_fraction(keep_mask(kept, 4), src).item() == pytest.approx(0.75)
     all_homo = torch.tensor([[[[1, 0], [0, 1], [3, 2], [2, 3]]]])
-    assert homologous_fraction(all_homo, src).item() == 1.0
+    assert homologous_fraction(keep_mask(all_homo, 4), src).item() == 1.0
     none_homo = torch.tensor([[[[2, 3], [3, 2], [0, 1], [1, 0]]]])
-    assert homologous_fraction(none_homo, src).item() == 0.0
+    assert homologous_fraction(keep_mask(none_homo, 4), src).item() == 0.0
 
 
-def test_homologous_fraction_random_vs_loop():
-    gen = torch.Generator().manual_seed(3)
-    src = balanced_sources(3, 12, 4, gen)
-    kept = torch.randint(0, 12, (3, 2, 12, 3), generator=gen)
-    assert homologous_fraction(kept, src).item() == pytest.approx(loop_fraction(kept, src), abs=1e-7)
+def test_homologous_fraction_averages_per_query():
+    """Rows that keep more keys (ties) weigh as one query each: mean of per-query fractions."""
+    src = torch.tensor([[0, 0, 1, 1]])
+    keep = keep_mask(torch.tensor([[[[0, 1], [1, 2], [2, 3], [3, 0]]]]), 4)
+    keep[0, 0, 1, 1 + 2] = keep[0, 0, 1, 1 + 3] = 1  # query 0 keeps 0, 1, 2, 3: 2 hits of 4
+    # per query: 2/4, 1/2, 2/2, 1/2 → mean 0.625 (pooled hits/kept would be 6/10 = 0.6)
+    assert homologous_fraction(keep, src).item() == pytest.approx(0.625, abs=1e-7)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("g", [2, 4, 8])
-def test_forced_homologous_gives_one(g):
+def test_forced_homologous_gives_one(impl, g):
     """q = k = a scaled one-hot of the token's source (+ tiny noise): the K = L/g largest patch logits
     of every patch query are exactly its homologous keys, so the sampling accuracy is 1."""
     length, heads, dim = 16, 2, 16
     attn = Attention(dim, heads).double()
+    attn.homologous_impl = impl
     with torch.no_grad():
         attn.qkv.weight.zero_()
         attn.qkv.bias.zero_()
@@ -142,15 +280,85 @@ def test_forced_homologous_gives_one(g):
     np.testing.assert_allclose(out.detach().numpy(), ref, atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("g", [2, 4, 8])
-def test_random_logits_give_chance(g):
-    """Random weights and tokens unrelated to the sources: accuracy ≈ r = 1/g."""
-    torch.manual_seed(10 + g)
-    length = 64
-    attn = Attention(32, 4)
-    gen = torch.Generator().manual_seed(g)
-    src = balanced_sources(4, length, g, gen)
-    x = torch.randn(4, 1 + length, 32, generator=gen)
+def mean_over_assignments(attn, x, topk, g, draws=40, per_draw=50, seed=0):
+    """Sampling accuracy of fixed tokens ``x`` ([1, 1+L, D]) under ``draws × per_draw`` random balanced
+    assignments: returns (mean, standard error of the mean from the per-draw means)."""
+    length = x.shape[1] - 1
+    gen = torch.Generator().manual_seed(seed)
+    means = []
     with torch.no_grad():
-        _, acc = attn(x, topk=length // g, token_src=src)
-    assert abs(acc.item() - 1.0 / g) < 0.04, acc.item()
+        for _ in range(draws):
+            src = balanced_sources(per_draw, length, g, gen)
+            means.append(attn(x.expand(per_draw, -1, -1), topk=topk, token_src=src)[1].item())
+    return float(np.mean(means)), float(np.std(means, ddof=1) / math.sqrt(draws))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("g", [2, 4, 8])
+def test_random_logits_give_exact_chance_level(impl, g):
+    """Keys chosen independently of the source (random weights, fixed tokens): the mean accuracy over
+    random assignments equals the exact expectation of :func:`chance_level` (self key counted), within
+    5 standard errors; the expectation is not r itself whenever some query keeps its own key."""
+    length, topk = 16, 16 // g
+    attn = make_attn(16, 2, seed=20 + g, impl=impl)
+    x = torch.randn(1, 1 + length, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(g))
+    kept = ref_kept_sets(x, attn, topk)
+    expect = chance_level(kept, length, g)
+    mean, sem = mean_over_assignments(attn, x, topk, g)
+    assert abs(mean - expect) < 5 * sem + 1e-12, (mean, expect, sem)
+    assert sem < 0.01  # the tolerance is tight enough to tell 1/g from the exact level below
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("own_key,expect", [("always", 0.4), ("never", 0.2)])
+def test_chance_level_counts_the_own_key(impl, own_key, expect):
+    """L = 16, g = 4 (r = 1/4), K = 4. q = ±k = x for near-orthogonal tokens: q_i·k_i = ±|x_i|² is the
+    largest (always kept) or the smallest (never kept) logit of row i. Hand-computed expectations:
+    always: (1 + 3·3/15)/4 = 0.4; never: 3/15 = 0.2 — both differ from r = 0.25."""
+    length, g, topk, dim = 16, 4, 4, 64
+    attn = Attention(dim, 1).double()
+    attn.homologous_impl = impl
+    with torch.no_grad():
+        attn.qkv.weight.zero_()
+        attn.qkv.bias.zero_()
+        attn.qkv.weight[:dim] = torch.eye(dim) * (1.0 if own_key == "always" else -1.0)
+        attn.qkv.weight[dim : 2 * dim] = torch.eye(dim)
+    x = torch.randn(1, 1 + length, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    kept = ref_kept_sets(x, attn, topk)
+    assert all((i in row) == (own_key == "always") for i, row in enumerate(kept[0][0]))
+    assert chance_level(kept, length, g) == pytest.approx(expect, abs=1e-12)
+    mean, sem = mean_over_assignments(attn, x, topk, g)
+    assert abs(mean - expect) < 5 * sem + 1e-12, (mean, expect, sem)
+    assert abs(0.25 - expect) > 10 * sem
+
+
+# ------------------------------------------------------------------------------------------------
+# reduced precision: the selection is made on fp32 logits
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bf16_autocast_selects_on_fp32_logits(impl, monkeypatch):
+    """Under bf16 autocast the logits of the softmax are bf16 and tie in many rows; the keys are
+    selected on fp32 logits of the same (bf16) q and k, so every row keeps exactly K keys, and the
+    output stays close to the fp32 computation."""
+    import mixedae.models.vit as vit
+
+    torch.manual_seed(0)
+    attn = Attention(64, 2)
+    attn.homologous_impl = impl
+    x = torch.randn(4, 1 + 64, 64)
+    seen = []
+    original = vit.kept_keys
+    monkeypatch.setattr(vit, "kept_keys", lambda logits, *a: seen.append(logits) or original(logits, *a))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = attn(x, topk=16)
+    (logits,) = seen
+    assert logits.dtype == torch.float32
+    keep = original(logits, 16, 1)
+    assert (keep[:, :, 1:, 1:].sum(-1) == 16).all()  # exactly K everywhere: no ties in fp32
+    ties = original(logits.bfloat16(), 16, 1)[:, :, 1:, 1:].sum(-1) > 16
+    assert ties.any()  # the same logits rounded to bf16 would keep extra keys in some rows
+    with torch.no_grad():
+        ref, _ = attn(x, topk=16)
+    assert out.dtype == torch.bfloat16
+    # bf16 rounding of q and k flips a few near-tied selections, so compare in bulk
+    assert ((out.float() - ref).abs() < 0.05).float().mean() > 0.999

@@ -230,6 +230,35 @@ def test_mae_random_masking_from_noise(ratio, keep):
             assert mask[b, l].item() == (0.0 if l in smallest else 1.0)
 
 
+@pytest.mark.parametrize(
+    "ratio,img,expect",
+    [
+        (0.1, 40, 10),  # L = 100: int(100 * (1 - 0.9)) = int(9.999999999999998) = 9
+        (0.2, 40, 20),  # int(100 * (1 - 0.8)) = int(19.999999999999996) = 19
+        (0.09, 40, 9),  # int(100 * (1 - 0.91)) = int(8.999999999999996) = 8
+        (0.1, 16, 2),  # L = 16: r·L = 1.6 rounds to 2 (truncation gives 1)
+        (0.3, 24, 11),  # L = 36: r·L = 10.8 rounds to 11
+    ],
+)
+def test_mae_keeps_round_rL_visible(ratio, img, expect):
+    """METHOD.md's r is the visible fraction: MAE keeps round(r·L) patches, also where 1 - (1 - r)
+    carries float error that int() would truncate (the old formula)."""
+    length = (img // 4) ** 2
+    assert int(length * (1 - (1 - ratio))) != expect  # the cases the old int(L·(1 − mask ratio)) got wrong
+    model = small_model("mae", mix_ratio=ratio, img_size=img, depth=1)
+    assert model.num_visible == expect
+    ids_keep, mask = model.random_masking(torch.rand(3, length))
+    assert ids_keep.shape == (3, expect)
+    assert mask.sum(1).tolist() == [length - expect] * 3
+
+
+@pytest.mark.parametrize("ratio", [0.01, 0.99])
+def test_mae_needs_a_visible_and_a_masked_patch(ratio):
+    """L = 16: round(0.16) = 0 visible, round(15.84) = 16 visible (nothing to reconstruct)."""
+    with pytest.raises(ValueError, match="at least one visible and one masked patch"):
+        small_model("mae", mix_ratio=ratio, depth=1)
+
+
 def test_mae_forward_uses_given_noise():
     model = small_model("mae", depth=1)
     imgs, noise = torch.randn(3, 3, 16, 16), torch.rand(3, 16)

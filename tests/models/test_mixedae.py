@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ._helpers import ref_attention, small_model, spy_encoder_inputs
+from ._helpers import chance_level, ref_attention, ref_kept_sets, small_model, spy_encoder_inputs
 
 CONFIGS = {
     "mae": ("mae", {}),
@@ -205,15 +205,43 @@ def test_no_sampling_acc_without_homologous_blocks():
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.25, 0.125])
-def test_sampling_acc_near_chance_at_init(ratio):
-    """Mixed sources of i.i.d. noise carry no source signal: sampling accuracy ≈ r."""
+def test_sampling_acc_at_exact_chance_without_source_signal(ratio):
+    """Every group holds G copies of one image, so the mixed images — and every block's kept keys — do
+    not depend on the mixing masks, which assign the sources at random: the mean sampling accuracy
+    over many masks equals the exact chance level of the kept sets (own key counted, see
+    ``chance_level``), within 5 standard errors."""
     torch.manual_seed(0)
-    model = small_model("mixedae", img_size=32, mix_ratio=ratio, depth=1)
-    g = round(1 / ratio)
-    torch.manual_seed(1)
+    model = small_model("mixedae", mix_ratio=ratio).double()
+    g, groups, length = round(1 / ratio), 40, 16
+    inputs = {}
+    for i, block in enumerate(model.encoder.blocks):
+        block.attn.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0]))
+    gen = torch.Generator().manual_seed(1)
+    imgs = torch.randn(1, 3, 16, 16, dtype=torch.float64, generator=gen).expand(groups * g, -1, -1, -1)
+    means = []
     with torch.no_grad():
-        _, out = model(torch.randn(4 * g, 3, 32, 32))
-    assert abs(out["metrics"]["sampling_acc"].item() - ratio) < 0.05
+        for _ in range(30):
+            _, out = model(imgs, torch.rand(groups, length, generator=gen, dtype=torch.float64))
+            means.append(out["metrics"]["sampling_acc"].item())
+    for x in inputs.values():  # the encoder saw the same tokens in every sample
+        torch.testing.assert_close(x, x[:1].expand_as(x), atol=0, rtol=0)
+    expect = np.mean([chance_level(ref_kept_sets(inputs[i][:1], block.attn, length // g), length, g)
+                      for i, block in enumerate(model.encoder.blocks)])
+    sem = np.std(means, ddof=1) / np.sqrt(len(means))
+    assert abs(np.mean(means) - expect) < 5 * sem + 1e-12, (np.mean(means), expect, sem)
+
+
+@pytest.mark.parametrize("method", ["mae", "mix", "mixedae"])
+def test_with_metrics_false_skips_sampling_acc_only(method):
+    torch.manual_seed(0)
+    model = small_model(method)
+    imgs, noise = torch.randn(8, 3, 16, 16), torch.rand(8 // model.group_size, 16)
+    with torch.no_grad():
+        loss1, out1 = model(imgs, noise)
+        loss2, out2 = model(imgs, noise, with_metrics=False)
+    assert torch.equal(loss1, loss2)
+    assert ("sampling_acc" in out1["metrics"]) == (method == "mixedae")
+    assert set(out2["metrics"]) == set(out1["metrics"]) - {"sampling_acc"}
 
 
 def test_topk_override():

@@ -50,7 +50,7 @@ def test_tiny_patch4_32_builds_at_full_size():
 def test_classes_and_method_defaults():
     assert isinstance(small_model("mae"), MaskedAutoencoder)
     mae = small_model("mae")
-    assert mae.mask_ratio == pytest.approx(0.75)
+    assert mae.visible_ratio == 0.25 and mae.num_visible == 4  # r·L of L = 16
     mix = small_model("mix")
     assert isinstance(mix, MixedAutoencoder)
     assert mix.homologous_blocks == () and mix.homocon_weight == 0 and mix.segment_embed_place == "none"

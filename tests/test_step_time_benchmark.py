@@ -1,0 +1,67 @@
+"""benchmarks/step_time.py: precision choice, FLOP count (vs a hand count), MFU and its JSON."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "step_time.py"
+TINY = dict(img_size=16, depth=1, embed_dim=32, num_heads=2, decoder_dim=32, decoder_heads=2)
+
+
+@pytest.fixture(scope="module")
+def step_time():
+    spec = importlib.util.spec_from_file_location("step_time", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_flops_of_a_decoder_block_match_a_hand_count(step_time):
+    """One more decoder block adds, per image, 3 × (24·T·D² + 4·T²·D): forward qkv 6TD², proj 2TD²,
+    fc1 8TD², fc2 8TD², q·kᵀ and A·V 2T²D each; backward twice the forward (gradients of inputs and
+    weights). T = 1 + L decoder tokens, D = decoder width."""
+    flops = {}
+    for depth in (1, 2):
+        t = step_time.Trainee("mae_vit_tiny_patch4_32", 4, {**TINY, "decoder_depth": depth},
+                              torch.device("cpu"), "fp32")
+        flops[depth] = t.flops_per_image()
+    tokens, width = 1 + 16, 32
+    assert flops[2] - flops[1] == 3 * (24 * tokens * width**2 + 4 * tokens**2 * width)
+
+
+def test_flops_count_homologous_attention(step_time):
+    """The eager top-k path is counted too: MixedAE with homologous attention in its one block has
+    exactly the FLOPs of the naive-mixing model (ordinary attention) — the selection is not a matmul."""
+    device = torch.device("cpu")
+    mixed = step_time.Trainee("mixedae_vit_tiny_patch4_32", 8, {**TINY, "homocon_weight": 0.0,
+                                                                "segment_embed": "none"}, device, "fp32")
+    naive = step_time.Trainee("mix_vit_tiny_patch4_32", 8, TINY, device, "fp32")
+    assert mixed.model.homologous_blocks == (0,) and naive.model.homologous_blocks == ()
+    assert mixed.flops_per_image() == naive.flops_per_image() > 0
+
+
+def test_table_json_flops_and_mfu(step_time, tmp_path):
+    out = tmp_path / "t.json"
+    argv = ["--steps", "2", "--warmup", "0", "--batch-size", "8", "--precision", "bf16", "--peak-size", "256",
+            "--json", str(out), *(f"--set={k}={v}" for k, v in TINY.items())]
+    assert step_time.main(argv) == 0
+    saved = json.loads(out.read_text())
+    assert saved["meta"]["precision"] == "bf16" and saved["meta"]["peak_flops"] > 0
+    rows = saved["rows"]
+    assert [r["model"] for r in rows] == ["mae_vit_tiny_patch4_32", "mixedae_vit_tiny_patch4_32"]
+    for r in rows:
+        assert r["gflops_per_img"] > 0 and r["steps"] == 2 and r["compile_s"] is None
+        expect = r["gflops_per_img"] * 1e9 * r["batch_size"] / r["median_s"] / saved["meta"]["peak_flops"]
+        assert r["mfu"] == pytest.approx(expect, rel=1e-12)
+    assert rows[0]["time_ratio"] == 1.0 and rows[0]["flop_ratio"] == 1.0
+
+
+def test_fp16_needs_cuda(step_time, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        step_time.main(["--precision", "fp16", "--device", "cpu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "fp16 needs a CUDA device" in err
