@@ -1,7 +1,8 @@
 """Frozen features: extracted once per (weights, data, split, transform, kind) and cached.
 
 The cache key hashes the weights file's identity, the data spec and its options, the split, the
-item list of folder datasets, the transform (its ``repr``) and the kind of features. Features live
+item list of folder datasets, the transform (its ``repr``), the kind of features and the (resolved)
+autocast precision of the extraction (``precision``, :mod:`mixedae.amp`). Features live
 in memory for the process (transfer runs k-NN and the linear probe on the same tensors) and, unless
 switched off, in ``<cache_dir>/<kind>-<split>-<hash>.pt`` (written atomically; an unreadable file
 is recomputed).
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..amp import autocast, check_precision, resolve_precision
 from ..data.transforms import eval_transform
 from ..distributed import resolve_device
 from ..errors import UserError
@@ -62,12 +64,16 @@ def patch_features(model: nn.Module, layers: int) -> FeatureFn:
 
 @torch.no_grad()
 def extract(fn: FeatureFn, dataset: Dataset, *, batch_size: int, num_workers: int, device: torch.device,
-            progress: bool, desc: str) -> dict[str, Tensor]:
-    """Run ``fn`` over ``dataset`` (items ``(image [C, H, W], target)``) in order; results on CPU."""
+            progress: bool, desc: str, precision: str = "fp32") -> dict[str, Tensor]:
+    """Run ``fn`` over ``dataset`` (items ``(image [C, H, W], target)``) in order, under ``precision``'s
+    autocast (:mod:`mixedae.amp`); results on CPU, floating point ones as float32."""
+    check_precision(precision, device, key="precision")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     parts: dict[str, list[Tensor]] = {}
     for imgs, targets in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, file=sys.stderr):
-        for key, value in {**fn(imgs.to(device)), "targets": torch.as_tensor(targets)}.items():
+        with autocast(precision, device):
+            feats = fn(imgs.to(device))
+        for key, value in {**feats, "targets": torch.as_tensor(targets)}.items():
             parts.setdefault(key, []).append(value.float().cpu() if value.is_floating_point() else value.cpu())
     return {key: torch.cat(values) for key, values in parts.items()}
 
@@ -125,12 +131,12 @@ def data_options(cfg: EvalConfig, image_size: int) -> dict[str, Any]:
 def split_features(fn: FeatureFn, datasets: dict[str, Dataset], info: dict[str, Any], cfg: EvalConfig,
                    image_size: int, kind: str, cache_dir: Path, device: torch.device) -> dict[str, dict[str, Tensor]]:
     """``{split: features}`` of ``fn`` over each dataset, through the cache (off with ``cache_features=false``)."""
-    out = {}
+    out, precision = {}, resolve_precision(cfg.precision, device)
     for split, ds in datasets.items():
-        key = cache_key(info, data_options(cfg, image_size), split, ds, kind)
+        key = {**cache_key(info, data_options(cfg, image_size), split, ds, kind), "precision": precision}
         out[split] = cached(key, lambda: extract(fn, ds, batch_size=cfg.extract_batch_size, device=device,
                                                  num_workers=cfg.data.num_workers, progress=cfg.progress,
-                                                 desc=f"{kind} features ({split})"),
+                                                 desc=f"{kind} features ({split})", precision=precision),
                             cache_dir if cfg.cache_features else None)
     return out
 

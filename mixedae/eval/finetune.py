@@ -16,17 +16,19 @@ Pillow >= 12 rejects; our transform gives the black image older Pillow returned 
 Runs in one process or under ``torchrun`` (DDP, gloo on CPU): a ``DistributedSampler`` shards the
 training set, every rank evaluates a disjoint slice of the val split and the counts are summed;
 only rank 0 prints progress and writes ``results.json`` and ``finetuned.pth`` (the last epoch's
-timm model with its architecture and arguments). ``precision=bf16|fp16`` runs the forward pass under
-autocast (fp16 with a GradScaler, CUDA only).
+timm model with its architecture and arguments). The forward pass runs under autocast of ``precision``
+(``auto``: bf16 where it is native, else fp32, see :mod:`mixedae.amp`; fp16 with a GradScaler, CUDA only);
+``results.json`` records the resolved value.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import timm
 import torch
@@ -40,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from ..amp import autocast, check_precision, grad_scaler
+from ..amp import autocast, check_precision, grad_scaler, resolve_precision
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from ..distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
 from ..errors import UserError
@@ -72,7 +74,6 @@ class FinetuneConfig(EvalConfig):
     auto_augment: str = "rand-m9-mstd0.5-inc1"  # "" switches RandAugment off
     reprob: float = 0.25
     clip_grad: Optional[float] = None
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype (fp16 needs CUDA)
 
     def validate(self) -> None:
         super().validate()
@@ -183,6 +184,7 @@ def _criterion(cfg: FinetuneConfig, mixup: Optional[Mixup]) -> nn.Module:
 def _finetune(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str | Path],
               dist_info: DistInfo) -> dict[str, Any]:
     seed_everything(cfg.seed + dist_info.rank)
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, dist_info.device))
     encoder, info = load_encoder(weights)
     out, _ = output_dirs(info, "finetune", output_dir, cfg.cache_dir)
     size = image_size_for(cfg, encoder)

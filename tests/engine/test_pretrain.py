@@ -71,7 +71,7 @@ def test_run_folder_contents(tmp_path):
 
 
 def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
-    common = ["data.num_samples=64", "train.max_steps=3", "optim.lr=1e-3"]
+    common = ["data.num_samples=64", "train.max_steps=3", "optim.lr=1e-3", "train.precision=fp32"]
     pretrain(config(tmp_path / "big", *common, "train.batch_size=16"))
     pretrain(config(tmp_path / "acc", *common, "train.batch_size=8", "train.accum_steps=2"))
     big = weights(tmp_path / "big" / "last.pt")
@@ -85,7 +85,8 @@ def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
 
 @pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_with_the_global_batch(tmp_path):
-    common = [*TINY, "data.num_samples=64", "train.max_steps=3", "optim.lr=1e-3", "--data", "synthetic"]
+    common = [*TINY, "data.num_samples=64", "train.max_steps=3", "optim.lr=1e-3", "train.precision=fp32", "--data",
+              "synthetic"]
     single = cli("pretrain", "--output-dir", str(tmp_path / "one"), *common, "train.batch_size=16")
     assert single.returncode == 0, single.stderr[-2000:]
     dist = subprocess.run(
