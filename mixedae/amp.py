@@ -4,7 +4,8 @@ or ``fp16`` autocast.
 ``auto`` resolves (:func:`resolve_precision`) to ``bf16`` where bfloat16 matrix arithmetic is native and
 to ``fp32`` elsewhere:
 
-* CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and newer).
+* CUDA: ``torch.cuda.is_bf16_supported(including_emulation=False)`` (Ampere and newer, ROCm); a V100
+  emulates bf16 and gets fp32.
 * CPU: the instruction-set flags the Linux kernel reports in ``/proc/cpuinfo`` — ``avx512_bf16`` or
   ``amx_bf16`` on x86, ``bf16`` on Arm. torch has no public query for these (``get_cpu_capability()``
   says ``AVX512`` for CPUs with and without bf16, and oneDNN's own check accepts plain AVX512, where
@@ -52,7 +53,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
     if device.type == "cpu":
         return "bf16" if cpu_bf16_flags() else "fp32"
     return "fp32"
