@@ -19,8 +19,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import yaml
-from torch import nn
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -195,7 +194,9 @@ class Pretrainer:
           :meth:`check_finite` reads it at log steps, before every checkpoint and at the end of each epoch,
           and stops the run naming that step; ``last.pt`` therefore only ever holds finite weights.
         * under DDP the gradients, hence ``grad_norm``, are the same on every rank, so ranks agree on each
-          skip; the check all-reduces the first bad step (a minimum) so every rank stops together.
+          skip (a non-finite loss almost always makes the gradients non-finite too; if one rank's loss alone
+          were, the ranks could disagree on that step, and the run stops at the next check, before any
+          checkpoint); the check all-reduces the first bad step (a minimum) so every rank stops together.
         * fp16 (CUDA): a non-finite gradient norm is the GradScaler's business (the step is skipped and the
           scale lowered, as usual); only a non-finite loss stops the run.
         """
