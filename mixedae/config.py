@@ -214,7 +214,7 @@ class DataConfig:
     seed: int = 0  # synthetic scenes / train-val split of unsplit folders
     num_workers: Optional[int] = None  # None: available_workers() (set when the config is built)
     # Pre-training input path (mixedae.engine.inputs). A training set whose decoded uint8 pixels take at
-    # most in_memory_mb MiB (all images one size) is decoded once into memory (0: never).
+    # most in_memory_mb MiB (all images one size) is decoded once into memory, by every process (0: never).
     in_memory_mb: int = 2048
     # RandomResizedCrop + flip: "batched" = one tensor op per batch on the training device (images in
     # memory, or decoded by workers); "pil" = per image with PIL in DataLoader workers; "auto" = batched

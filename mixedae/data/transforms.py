@@ -145,14 +145,16 @@ def resampling_weights(start: Tensor, length: Tensor, in_size: int, out_size: in
         start, length: ``[B]`` integer crop offset and extent along the axis.
         flip: ``[B]`` bool, reverse the output order (a horizontal flip after the resize).
     Returns:
-        float64 ``[B, out_size, in_size]``; zero outside each crop.
+        float32 ``[B, out_size, in_size]``; zero outside each crop. (float32 cannot move a window bound by
+        more than a pixel whose kernel weight is 0, and its rounding, ~1e-7, is finer than PIL's 22-bit
+        fixed-point weights.)
     """
-    start, length = start.double()[:, None, None], length.double()[:, None, None]  # [B, 1, 1]
+    start, length = start.float()[:, None, None], length.float()[:, None, None]  # [B, 1, 1]
     scale = length / out_size
     filter_scale = scale.clamp(min=1.0)
     support = BICUBIC_SUPPORT * filter_scale
-    centre = (torch.arange(out_size, dtype=torch.float64, device=start.device)[None, :, None] + 0.5) * scale
-    pixel = torch.arange(in_size, dtype=torch.float64, device=start.device)[None, None, :] - start  # crop coords
+    centre = (torch.arange(out_size, dtype=torch.float32, device=start.device)[None, :, None] + 0.5) * scale
+    pixel = torch.arange(in_size, dtype=torch.float32, device=start.device)[None, None, :] - start  # crop coords
     first = torch.floor(centre - support + 0.5).clamp(min=0)
     end = torch.minimum(torch.floor(centre + support + 0.5), length)
     inside = (pixel >= first) & (pixel < end)
@@ -179,8 +181,8 @@ def resized_crop_batch(images: Tensor, boxes: Tensor, flips: Tensor, size: int) 
     """
     _, _, h, w = images.shape
     boxes, flips = boxes.to(images.device), flips.to(images.device)
-    rows = resampling_weights(boxes[:, 0], boxes[:, 2], h, size, torch.zeros_like(flips)).float()  # [B, S, H]
-    cols = resampling_weights(boxes[:, 1], boxes[:, 3], w, size, flips).float()  # [B, S, W]
+    rows = resampling_weights(boxes[:, 0], boxes[:, 2], h, size, torch.zeros_like(flips))  # [B, S, H]
+    cols = resampling_weights(boxes[:, 1], boxes[:, 3], w, size, flips)  # [B, S, W]
     across = (images.float() @ cols.transpose(1, 2)[:, None]).round_().clamp_(0.0, 255.0)  # [B, C, H, S]
     return (rows[:, None] @ across).round_().clamp_(0.0, 255.0)  # [B, C, S, S]
 
