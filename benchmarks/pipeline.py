@@ -56,7 +56,8 @@ class Variant:
                  fixed: torch.Tensor) -> None:
         self.trainer, self.precision, self.path, self.inputs, self.fixed = trainer, precision, path, inputs, fixed
         self.position = 0  # micro-step where the next block starts
-        self.times: list[float] = []
+        self.times: list[float] = []  # wall seconds per timed step (batch + train_step)
+        self.waits: list[float] = []  # of which waiting for / making the batch
 
     def block(self, steps: int) -> None:
         """One untimed step, then ``steps`` timed ones."""
@@ -71,11 +72,14 @@ class Variant:
             batches = iter(lambda: self.fixed, None)
         for k in range(steps + 1):
             start = time.perf_counter()
-            t.train_step([next(batches)])
+            batch = next(batches)
+            got = time.perf_counter()
+            t.train_step([batch])
             if t.device.type == "cuda":
                 torch.cuda.synchronize(t.device)
             if k:
                 self.times.append(time.perf_counter() - start)
+                self.waits.append(got - start)
         del batches  # shuts DataLoader workers down before the next block
 
 
@@ -120,6 +124,7 @@ def table(variants: list[Variant], batch: int) -> list[dict]:
         model = next(m for m in variants if m.precision == v.precision and m.path == "model")
         median, q = statistics.median(v.times), statistics.quantiles(v.times, n=4) if len(v.times) > 1 else None
         rows.append({"precision": v.precision, "path": v.path, "steps": len(v.times), "median_s": median,
+                     "batch_wait_s": statistics.median(v.waits),
                      "q1_s": q[0] if q else median, "q3_s": q[2] if q else median, "min_s": min(v.times),
                      "img_per_s": batch / median, "ratio_to_model": statistics.median(model.times) / median,
                      "describe": v.inputs.describe() if v.inputs else "fixed batch, no data loading"
@@ -159,11 +164,13 @@ def main(argv=None) -> int:
     print(f"# {args.config} (model {t.cfg.model.name}, batch {batch}, {t.image_size} px), {args.rounds} rounds x "
           f"{args.steps} timed steps per variant, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"device {t.device}, torch {torch.__version__}")
-    print(f"{'precision':10}{'path':8}{'median s':>10}{'q1 - q3 s':>17}{'min s':>8}{'img/s':>8}{'vs model':>10}  input")
+    print(f"{'precision':10}{'path':9}{'median s':>9}{'q1 - q3 s':>17}{'min s':>8}{'batch s':>9}{'img/s':>8}"
+          f"{'vs model':>10}  input")
     for r in rows:
-        print(f"{r['precision']:10}{r['path']:8}{r['median_s']:10.3f}{r['q1_s']:9.3f} - {r['q3_s']:<7.3f}"
-              f"{r['min_s']:8.3f}{r['img_per_s']:8.1f}{r['ratio_to_model']:10.3f}  {r['describe']}")
-    print("# vs model = model-only median step time / this variant's (1.0: the input path costs nothing)")
+        print(f"{r['precision']:10}{r['path']:9}{r['median_s']:9.3f}{r['q1_s']:9.3f} - {r['q3_s']:<7.3f}"
+              f"{r['min_s']:8.3f}{r['batch_wait_s']:9.4f}{r['img_per_s']:8.1f}{r['ratio_to_model']:10.3f}  {r['describe']}")
+    print("# vs model = model-only median step time / this variant's (1.0: the input path costs nothing); batch s ="
+          " median time in next(loader) (making the batch in this process, or waiting for workers)")
     if args.json:
         meta = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,
                 "machine": platform.machine(), "argv": sys.argv[1:], "rounds": args.rounds, "steps": args.steps}
