@@ -8,6 +8,7 @@ resolved config that runs save beside their results.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -208,19 +209,43 @@ class ModelConfig:
         return kwargs
 
 
+MAX_AUTO_WORKERS = 16
+
+
+def available_workers() -> int:
+    """DataLoader workers for one process: the cores it may run on (``os.sched_getaffinity``) shared by the
+    processes of this node (torchrun's ``LOCAL_WORLD_SIZE``), minus one for the process itself; 1 to 16."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(MAX_AUTO_WORKERS, per_process - 1))
+
+
 @dataclass
 class DataConfig:
     spec: str = "synthetic"  # "synthetic", a directory, or a .tar/.tar.gz archive
     image_size: Optional[int] = None  # None: the model preset's
     num_samples: int = 5000  # synthetic scenes only
     seed: int = 0  # synthetic scenes / train-val split of unsplit folders
-    num_workers: int = 2
+    num_workers: Optional[int] = None  # None: available_workers() (set when the config is built)
+    # Pre-training input path (mixedae.engine.inputs). A training set whose decoded uint8 pixels take at
+    # most in_memory_mb MiB (all images one size) is decoded once into memory, by every process (0: never).
+    in_memory_mb: int = 2048
+    # RandomResizedCrop + flip: "batched" = one tensor op per batch on the training device (images in
+    # memory, or decoded by workers); "pil" = per image with PIL in DataLoader workers; "auto" = batched
+    # when the data is in memory or the device is CUDA, else pil.
+    augment: typing.Literal["auto", "batched", "pil"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.num_workers is None:
+            self.num_workers = available_workers()
 
     def validate(self) -> None:
         if self.num_workers < 0:
             raise UserError("data.num_workers must be >= 0")
         if self.num_samples < 1:
             raise UserError("data.num_samples must be >= 1")
+        if self.in_memory_mb < 0:
+            raise UserError("data.in_memory_mb must be >= 0 (0 never holds the data in memory)")
 
 
 @dataclass
@@ -229,7 +254,10 @@ class TrainConfig:
     max_steps: Optional[int] = None  # stop after this many optimiser steps (smoke runs)
     batch_size: int = 64  # per process
     accum_steps: int = 1
-    precision: typing.Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto: bf16 on a CUDA GPU or CPU with native bf16, else fp32 (mixedae.amp); the run's config.yaml
+    # records the resolved value
+    precision: typing.Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False  # torch.compile the model's training forward/backward (see README, Performance)
     clip_grad: Optional[float] = None
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

@@ -76,6 +76,14 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def all_reduce_min(value: torch.Tensor) -> torch.Tensor:
+    """Element-wise minimum of a tensor over all ranks (identity in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return value
+
+
 def barrier() -> None:
     if _initialized():
         dist.barrier()

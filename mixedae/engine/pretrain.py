@@ -9,40 +9,44 @@ kill, a 2-rank run and an accumulated run reproduce the uninterrupted single-pro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import yaml
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..amp import autocast, check_precision, grad_scaler
+from ..amp import autocast, check_precision, describe_precision, grad_scaler, resolve_precision
 from ..config import PretrainConfig, to_dict
 from ..data import build_dataset, describe_dataset
-from ..data.transforms import pretrain_transform
-from ..distributed import DistInfo, all_reduce_mean, barrier, cleanup_distributed, decide_on_main, init_distributed
+from ..distributed import (DistInfo, all_reduce_mean, all_reduce_min, barrier, cleanup_distributed, decide_on_main,
+                           init_distributed)
 from ..errors import UserError
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
 from ..models import create_model
 from ..schedule import cosine_lr, set_lr
 from .checkpoint import (FORMAT_VERSION, BatchLayout, gather_rng_states, load_resume_checkpoint, saved_batch_layout,
                          set_rng_state)
+from .inputs import InputPipeline
 from .logger import MetricsLogger
-from .optim import build_optimizer
-from .sampling import GlobalBatchSampler, SeededAugmentation, step_noise
+from .optim import build_optimizer, ensure_fused, step_if_finite
+from .sampling import GlobalBatchSampler, step_noise
 
 EpochHook = Callable[[nn.Module, int, Path], None]
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN/inf; the last good checkpoint is kept."""
+    """The loss or the gradient norm became NaN/inf; that step was not applied and the last good checkpoint is kept."""
+
+
+NO_STEP = torch.iinfo(torch.int64).max  # "no bad step yet" in the on-device record of the first bad step
 
 
 def resolve_resume(resume: Optional[str], run_dir: Path) -> Optional[Path]:
@@ -89,6 +93,10 @@ class Pretrainer:
         self.resume_path = decide_on_main(lambda: resolve_resume(resume, self.run_dir))
         resume_ckpt = load_resume_checkpoint(self.resume_path) if self.resume_path else None
 
+        self.requested_precision = cfg.train.precision
+        precision = resolve_precision(cfg.train.precision, self.device)
+        check_precision(precision, self.device)
+        self.cfg = cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
         tc = cfg.train
         torch.manual_seed(tc.seed + dist_info.rank)
         kwargs = cfg.model.create_kwargs(cfg.data.image_size)
@@ -119,19 +127,24 @@ class Pretrainer:
         oc = cfg.optim
         self.base_lr = oc.lr if oc.lr is not None else oc.blr * self.eff_batch / 256
         self.optimizer = build_optimizer(self.model, self.base_lr, oc.weight_decay, tuple(oc.betas))
-        check_precision(tc.precision, self.device)
         self.scaler = grad_scaler(tc.precision)
         self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
             if dist_info.enabled else None
+        # what runs the training forward; compiling a wrapper leaves self.model's state_dict keys alone
+        self.train_module = torch.compile(self.ddp or self.model) if tc.compile else (self.ddp or self.model)
 
         self.sampler = GlobalBatchSampler(
             self.dataset, dist_info.world_size, dist_info.rank, tc.batch_size,
             self.steps_per_epoch * tc.accum_steps, seed=tc.seed,
         )
-        self.train_set = SeededAugmentation(self.dataset, pretrain_transform(self.image_size), seed=tc.seed)
+        self.inputs = InputPipeline(self.dataset, self.sampler, cfg.data, tc.batch_size, self.image_size, tc.seed,
+                                    self.device, progress=dist_info.is_main and cfg.log.progress)
         self.step = 0
         if resume_ckpt is not None:
             self._restore(resume_ckpt)
+        ensure_fused(self.optimizer)  # checkpoints written before the optimiser was fused
+        self.first_bad = torch.full((), NO_STEP, dtype=torch.int64, device=self.device)
+        self.bad_values = torch.zeros(2, device=self.device)  # loss and gradient norm of the first bad step
         self.logger: Optional[MetricsLogger] = None
 
     # ---------------------------------------------------------------------------------------
@@ -193,59 +206,85 @@ class Pretrainer:
         barrier()
 
     # ---------------------------------------------------------------------------------------
-    def _loader(self, epoch: int, start_micro: int) -> DataLoader:
-        self.sampler.set_epoch(epoch)
-        self.sampler.set_start(start_micro)
-        workers = self.cfg.data.num_workers
-        return DataLoader(
-            self.train_set, batch_size=self.cfg.train.batch_size, sampler=self.sampler, num_workers=workers,
-            pin_memory=self.device.type == "cuda", drop_last=True, persistent_workers=False,
-            prefetch_factor=4 if workers else None,
-        )
+    def _loader(self, epoch: int, start_micro: int) -> Iterator[Tensor]:
+        """This rank's micro-batches ``[b, C, H, W]`` of ``epoch`` on the device, from micro-step ``start_micro``."""
+        return self.inputs.batches(epoch, start_micro)
 
-    def train_step(self, batches: list[torch.Tensor]) -> dict[str, float]:
-        """One optimiser step over ``accum_steps`` micro-batches ``[b, C, H, W]`` each."""
+    def train_step(self, batches: list[Tensor]) -> dict[str, Tensor]:
+        """One optimiser step over ``accum_steps`` micro-batches ``[b, C, H, W]`` each.
+
+        Returns this rank's metrics as device scalars: the micro-batch mean of the loss and the model's
+        metrics, and ``grad_norm``.
+
+        Nothing here waits for the device (no ``.item()``, ``.tolist()`` or ``float()`` of a result), so a
+        GPU's queue never drains between steps. The non-finite guard works on the device instead:
+
+        * ``finite = isfinite(loss) & isfinite(grad_norm)``; the optimiser step is fused AdamW told by
+          ``found_inf = ~finite`` whether to skip (:func:`~mixedae.engine.optim.step_if_finite`), so a
+          non-finite update is never applied, whether or not anyone looks at the flag.
+        * the first step that was not finite (its number, loss and gradient norm) is recorded on the device;
+          :meth:`check_finite` reads it at log steps, before every checkpoint and at the end of each epoch,
+          and stops the run naming that step; ``last.pt`` therefore only ever holds finite weights.
+        * under DDP the gradients, hence ``grad_norm``, are the same on every rank, so ranks agree on each
+          skip (a non-finite loss almost always makes the gradients non-finite too; if one rank's loss alone
+          were, the ranks could disagree on that step, and the run stops at the next check, before any
+          checkpoint); the check all-reduces the first bad step (a minimum) so every rank stops together.
+        * fp16 (CUDA): a non-finite gradient norm is the GradScaler's business (the step is skipped and the
+          scale lowered, as usual); only a non-finite loss stops the run.
+        """
         tc = self.cfg.train
-        module = self.ddp or self.model
         set_lr(self.optimizer, cosine_lr(self.step / self.steps_per_epoch, self.base_lr, self.cfg.optim.min_lr,
                                          self.cfg.optim.warmup_epochs, tc.epochs))
         rows = tc.batch_size // self.model.group_size
         noise = step_noise(tc.seed, self.step, rows, self.model.num_patches, tc.accum_steps, self.dist.world_size)
-        sums: dict[str, torch.Tensor] = {}
+        sums: dict[str, Tensor] = {}
         for m, imgs in enumerate(batches):
             imgs = imgs.to(self.device, non_blocking=True)
             sync = m == len(batches) - 1 or self.ddp is None
             with (contextlib.nullcontext() if sync else self.ddp.no_sync()), autocast(tc.precision, self.device):
-                loss, out = module(imgs, noise=noise[m, self.dist.rank].to(self.device))
+                loss, out = self.train_module(imgs, noise=noise[m, self.dist.rank].to(self.device))
             self.scaler.scale(loss / tc.accum_steps).backward()
             for key, value in {"loss": loss.detach(), **out["metrics"]}.items():
                 sums[key] = sums.get(key, 0.0) + value.float() / tc.accum_steps
-        stats = torch.stack(list(sums.values()))
-        stats = all_reduce_mean(stats)
-        metrics = dict(zip(sums, stats.tolist()))
-        if not math.isfinite(metrics["loss"]):
-            self.optimizer.zero_grad(set_to_none=True)
-            last_pt = self.run_dir / "last.pt"
-            kept = f"the last good checkpoint {last_pt} is kept" if last_pt.exists() else "no checkpoint was written yet"
-            raise TrainingDiverged(
-                f"loss became {metrics['loss']} at step {self.step + 1}; {kept}; "
-                "lower optim.blr, set train.clip_grad=1.0 or use train.precision=fp32"
-            )
-        self.scaler.unscale_(self.optimizer)
-        max_norm = tc.clip_grad if tc.clip_grad is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        self.scaler.step(self.optimizer)
+        self.scaler.unscale_(self.optimizer)  # fp16 only
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if tc.clip_grad is None else \
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad)
+        finite = torch.isfinite(sums["loss"]) & torch.isfinite(grad_norm)
+        step_if_finite(self.optimizer, finite)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        metrics["grad_norm"] = float(grad_norm)
-        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        return metrics
+        fatal = ~torch.isfinite(sums["loss"]) if self.scaler.is_enabled() else ~finite
+        first = fatal & (self.first_bad == NO_STEP)
+        self.first_bad = torch.where(first, self.step, self.first_bad)
+        self.bad_values = torch.where(first, torch.stack([sums["loss"], grad_norm.float()]), self.bad_values)
+        return {**sums, "grad_norm": grad_norm.float()}
+
+    def check_finite(self) -> None:
+        """Stop the run (every rank) if a step since the start was not finite: TrainingDiverged naming the
+        first such step. Reads the device-side record, so it synchronises; call it at log and checkpoint steps."""
+        first_bad = int(all_reduce_min(self.first_bad))
+        if first_bad == NO_STEP:
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, grad_norm = self.bad_values.tolist()
+        last_pt = self.run_dir / "last.pt"
+        kept = f"the last good checkpoint {last_pt} is kept" if last_pt.exists() else "no checkpoint was written yet"
+        what = f"gradient norm became {grad_norm}" if math.isfinite(loss) else f"loss became {loss}"
+        raise TrainingDiverged(
+            f"{what} at step {first_bad} (not applied); {kept}; "
+            "lower optim.blr, set train.clip_grad=1.0 or use train.precision=fp32"
+        )
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """Train from the current step to the end of ``epoch`` (or ``train.max_steps``); log every N steps
-        and once at the end; refresh ``last.pt`` every ``checkpoint.every_steps``. Returns the last step's
-        metrics."""
+        and once at the end; refresh ``last.pt`` every ``checkpoint.every_steps``. Returns the last logged
+        step's metrics (averaged over ranks).
+
+        Metrics stay on the device between log steps (the last step's values and the epoch's sums); they are
+        all-reduced and read only when logged. :meth:`check_finite` runs before each log and checkpoint, and
+        the last step of the epoch is always logged, so the run's checkpoint after the epoch is checked too."""
         cfg, tc, main = self.cfg, self.cfg.train, self.dist.is_main
         in_epoch = self.step - epoch * self.steps_per_epoch
         loader = iter(self._loader(epoch, in_epoch * tc.accum_steps))
@@ -253,31 +292,39 @@ class Pretrainer:
         epoch_end = min((epoch + 1) * self.steps_per_epoch, self.last_step)
         bar = tqdm(total=self.steps_per_epoch, initial=in_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
                    disable=not (main and cfg.log.progress), dynamic_ncols=True, file=sys.stderr)
-        sums: dict[str, float] = {}
-        steps, last, window_start, window_images = 0, {}, time.time(), 0
+        epoch_sums: Optional[Tensor] = None
+        steps, lr_sum, logged, window_start, window_images = 0, 0.0, {}, time.time(), 0
         while self.step < epoch_end:
-            last = self.train_step([next(loader) for _ in range(tc.accum_steps)])
+            metrics = self.train_step([next(loader) for _ in range(tc.accum_steps)])
+            names, values = list(metrics), torch.stack(list(metrics.values()))
+            epoch_sums = values if epoch_sums is None else epoch_sums + values
             steps, window_images = steps + 1, window_images + self.eff_batch
-            for k, v in last.items():
-                sums[k] = sums.get(k, 0.0) + v
+            lr_sum += self.optimizer.param_groups[0]["lr"]
             bar.update(1)
+            every = cfg.checkpoint.every_steps
+            checkpoint_now = bool(every) and self.step % every == 0 and self.step < epoch_end
             if self.step % cfg.log.every_steps == 0 or self.step == epoch_end:
+                self.check_finite()
+                reduced = all_reduce_mean(torch.cat([values, epoch_sums])).tolist()
+                logged = {**dict(zip(names, reduced[: len(names)])), "lr": self.optimizer.param_groups[0]["lr"]}
                 now = time.time()
                 ips = window_images / max(now - window_start, 1e-9)
                 window_start, window_images = now, 0
-                bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.0f}")
+                bar.set_postfix(loss=f"{logged['loss']:.4f}", img_s=f"{ips:.0f}")
                 if main:
-                    self.logger.log({"step": self.step, "epoch": self.step / self.steps_per_epoch, **last,
+                    self.logger.log({"step": self.step, "epoch": self.step / self.steps_per_epoch, **logged,
                                      "img_per_s": ips, "memory_mb": memory_mb(self.device),
                                      "skipped_files": getattr(self.dataset, "num_skipped", 0)})
-            every = cfg.checkpoint.every_steps
-            if every and self.step % every == 0 and self.step < epoch_end:
+                if main and self.step == epoch_end:
+                    means = {k: v / steps for k, v in zip(names, reduced[len(names):])}
+                    self.logger.log({"step": self.step, "epoch": self.step / self.steps_per_epoch, "kind": "epoch",
+                                     **means, "lr": lr_sum / steps}, tb_prefix="epoch")
+            elif checkpoint_now:
+                self.check_finite()
+            if checkpoint_now:
                 self.save(epoch, numbered=False)
         bar.close()
-        if main and steps:
-            self.logger.log({"step": self.step, "epoch": self.step / self.steps_per_epoch, "kind": "epoch",
-                             **{k: v / steps for k, v in sums.items()}}, tb_prefix="epoch")
-        return last
+        return logged
 
     # ---------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -293,6 +340,8 @@ class Pretrainer:
                 f"{self.device}" + (f" | resumed at step {self.step} from {self.resume_path}" if self.step else ""),
                 file=sys.stderr,
             )
+            print(f"precision {describe_precision(self.requested_precision, tc.precision, self.device)} | input: "
+                  f"{self.inputs.describe()}" + (" | torch.compile" if tc.compile else ""), file=sys.stderr)
             self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.log.tensorboard, start_step=self.step)
         start_time, start_step, last = time.time(), self.step, {}
         while self.step < self.last_step:

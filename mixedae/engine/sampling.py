@@ -3,8 +3,10 @@
 * :class:`GlobalBatchSampler` — one seeded permutation per epoch; micro-step ``k`` takes the next
   ``world × batch`` indices and rank ``r`` its ``r``-th contiguous slice, so N ranks together see
   exactly the batch one process with N× the batch size sees; it can start mid-epoch.
-* :class:`SeededAugmentation` — every sample's random augmentation is seeded by
-  ``(seed, epoch, index)``, whichever worker or process computes it.
+* :func:`sample_generator` — every sample's random augmentation draws from a generator seeded by
+  ``(seed, epoch, index)``, whichever worker, process or code path computes it:
+  :class:`SeededAugmentation` (per image, in DataLoader workers) and :func:`seeded_crops` (crop boxes
+  and flips of a batch, for the batched augmentation on the training device).
 * :func:`step_noise` — the masking/mixing noise of an optimiser step is drawn from a generator
   seeded by ``(seed, step)`` and sliced per micro-batch and rank.
 
@@ -14,12 +16,14 @@ an accumulated run all reproduce the plain single-process run.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
+
+from ..data.transforms import random_crop_flip
 
 _MIX = 0x9E3779B97F4A7C15  # 64-bit golden-ratio constant for seed mixing
 
@@ -62,22 +66,31 @@ class GlobalBatchSampler(DistributedSampler):
         return (self.num_micro_steps - self.start_micro_step) * self.batch_size
 
 
-class SeededAugmentation(Dataset):
-    """``dataset[index] = (PIL image, target)`` → ``self[(epoch, index)]`` = augmented ``[C, H, W]``."""
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The CPU generator of sample ``index``'s augmentation in ``epoch``."""
+    return torch.Generator().manual_seed(mix_seed(seed, epoch, index))
 
-    def __init__(self, dataset: Dataset, transform: Callable, seed: int) -> None:
+
+class SeededAugmentation(Dataset):
+    """``dataset[index] = (PIL image, target)`` → ``self[(epoch, index)] = transform(image, generator)`` with
+    :func:`sample_generator`'s generator (the caller's random state is never touched)."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[object, torch.Generator], object], seed: int) -> None:
         self.dataset, self.transform, self.seed = dataset, transform, seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> Tensor:
+    def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        image = self.dataset[index][0]
-        with torch.random.fork_rng(devices=[]):
-            # CPU generator only: torch.manual_seed also reseeds every device and costs ~100x more
-            torch.default_generator.manual_seed(mix_seed(self.seed, epoch, index))
-            return self.transform(image)
+        return self.transform(self.dataset[index][0], sample_generator(self.seed, epoch, index))
+
+
+def seeded_crops(keys: Sequence[tuple[int, int]], sizes: Sequence[tuple[int, int]], seed: int) -> tuple[Tensor, Tensor]:
+    """RandomResizedCrop boxes and flips of samples ``keys`` (``(epoch, index)``) of ``(H, W)`` ``sizes``:
+    int64 ``[B, 4]`` ``(top, left, height, width)`` and bool ``[B]``, the draws the per-image path makes."""
+    crops = [random_crop_flip(h, w, sample_generator(seed, epoch, index)) for (epoch, index), (h, w) in zip(keys, sizes)]
+    return torch.tensor([c[:4] for c in crops], dtype=torch.int64).reshape(-1, 4), torch.tensor([c.flip for c in crops])
 
 
 def step_noise(seed: int, step: int, rows_per_micro: int, length: int, accum: int, world: int) -> Tensor:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Literal, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +52,9 @@ class EvalConfig:
     progress: bool = True
     cache_dir: Optional[str] = None  # feature cache folder (default: see mixedae.eval.common)
     cache_features: bool = True  # also keep extracted features on disk
+    # autocast of the encoder's forward passes (feature extraction, fine-tuning); auto: bf16 on a CUDA GPU or
+    # CPU with native bf16, else fp32 (mixedae.amp); fp16 needs CUDA
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     def validate(self) -> None:
         if self.extract_batch_size < 1:

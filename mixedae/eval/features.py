@@ -3,7 +3,8 @@
 The cache key hashes the weights' content (``fingerprint``: a sha256 of the encoder's architecture
 and tensors, see :mod:`mixedae.eval.weights`, so a copied or re-exported file reuses the cache and
 an overwritten one never does), the data spec and its options, the split, the item list of folder
-datasets, the transform (its ``repr``) and the kind of features. Features live
+datasets, the transform (its ``repr``), the kind of features and the (resolved) autocast precision
+of the extraction (``precision``, :mod:`mixedae.amp`). Features live
 in memory for the process (transfer runs k-NN and the linear probe on the same tensors) and, unless
 switched off, in ``<cache_dir>/<kind>-<split>-<hash>.pt`` (written atomically; an unreadable file
 is recomputed).
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from ..amp import autocast, check_precision, resolve_precision
 from ..data import load_rgb
 from ..data.folders import UNREADABLE
 from ..data.transforms import eval_transform
@@ -70,14 +72,30 @@ def patch_features(model: nn.Module, layers: int) -> FeatureFn:
     return fn
 
 
+def under_precision(fn: FeatureFn, precision: str, device: torch.device) -> FeatureFn:
+    """``fn`` run under ``precision``'s autocast (:mod:`mixedae.amp`, a resolved value), floating point
+    results returned as float32 (so fp32 heads and caches take them as they are)."""
+
+    def wrapped(imgs: Tensor) -> dict[str, Tensor]:
+        with autocast(precision, device):
+            feats = fn(imgs)
+        return {k: v.float() if v.is_floating_point() else v for k, v in feats.items()}
+
+    return wrapped
+
+
 @torch.no_grad()
 def extract(fn: FeatureFn, dataset: Dataset, *, batch_size: int, num_workers: int, device: torch.device,
-            progress: bool, desc: str, split: str, drop_unreadable: bool) -> dict[str, Tensor]:
-    """Run ``fn`` over ``dataset`` (items ``(image [C, H, W], target)``) in order; results on CPU.
+            progress: bool, desc: str, split: str, drop_unreadable: bool,
+            precision: str = "fp32") -> dict[str, Tensor]:
+    """Run ``fn`` over ``dataset`` (items ``(image [C, H, W], target)``) in order, under ``precision``'s
+    autocast (:mod:`mixedae.amp`); results on CPU, floating point ones as float32.
 
     An image that does not decode is left out (its index in ``dropped``) if ``drop_unreadable``,
     else a UserError naming it once the split has been read (so it names the count too).
     """
+    check_precision(precision, device, key="precision")
+    fn = under_precision(fn, precision, device)
     parts: dict[str, list[Tensor]] = {}
     unreadable = []
     loader = readable_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -87,7 +105,7 @@ def extract(fn: FeatureFn, dataset: Dataset, *, batch_size: int, num_workers: in
             continue
         imgs, targets = batch
         for key, value in {**fn(imgs.to(device)), "targets": torch.as_tensor(targets)}.items():
-            parts.setdefault(key, []).append(value.float().cpu() if value.is_floating_point() else value.cpu())
+            parts.setdefault(key, []).append(value.cpu())
     if unreadable and not drop_unreadable:
         raise unreadable_error(split, unreadable)
     if not parts:
@@ -168,16 +186,17 @@ def data_options(cfg: EvalConfig, image_size: int) -> dict[str, Any]:
 def split_features(fn: FeatureFn, datasets: dict[str, Dataset], info: dict[str, Any], cfg: EvalConfig,
                    image_size: int, kind: str, cache_dir: Path, device: torch.device,
                    drop_unreadable: Sequence[str] = ("train",)) -> dict[str, dict[str, Tensor]]:
-    """``{split: features}`` of ``fn`` over each dataset in order, through the cache (``cache_features=false``: memory).
+    """``{split: features}`` of ``fn`` over each dataset in order, through the cache (``cache_features=false``:
+    memory), extracted under the resolved ``cfg.precision``.
 
     Unreadable images of the splits in ``drop_unreadable`` are left out (``dropped``), elsewhere an error.
     """
-    out = {}
+    out, precision = {}, resolve_precision(cfg.precision, device)
     for split, ds in datasets.items():
-        key = cache_key(info, data_options(cfg, image_size), split, ds, kind)
+        key = {**cache_key(info, data_options(cfg, image_size), split, ds, kind), "precision": precision}
         compute = partial(extract, fn, ds, batch_size=cfg.extract_batch_size, device=device,
                           num_workers=cfg.data.num_workers, progress=cfg.progress, desc=f"{kind} features ({split})",
-                          split=split, drop_unreadable=split in drop_unreadable)
+                          split=split, drop_unreadable=split in drop_unreadable, precision=precision)
         out[split] = cached(key, compute, cache_dir if cfg.cache_features else None,
                             stale=lambda feats, ds=ds: any(_decodes(f) for f in dropped_files(ds, feats)))
     return out

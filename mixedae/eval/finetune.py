@@ -26,16 +26,18 @@ data), a non-finite loss on one rank (checked every step through the all-reduced
 backward pass) and an unreadable val image on one rank (the val split is read once before training
 and at every evaluation) make every rank stop with the same one-line error. Unreadable images follow
 :mod:`mixedae.eval.common` (val: error; train: replaced by the next one and counted, as in pre-training).
-``precision=bf16|fp16`` runs the forward pass under autocast (fp16 with a GradScaler, CUDA only).
+The forward pass runs under autocast of ``precision`` (``auto``: bf16 where it is native, else fp32, see
+:mod:`mixedae.amp`; fp16 with a GradScaler, CUDA only); ``results.json`` records the resolved value.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import timm
 import torch
@@ -50,7 +52,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from ..amp import autocast, check_precision, grad_scaler
+from ..amp import autocast, check_precision, grad_scaler, resolve_precision
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from ..distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
 from ..errors import UserError
@@ -85,7 +87,6 @@ class FinetuneConfig(EvalConfig):
     auto_augment: str = "rand-m9-mstd0.5-inc1"  # "" switches RandAugment off
     reprob: float = 0.25
     clip_grad: Optional[float] = None
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype (fp16 needs CUDA)
 
     def validate(self) -> None:
         super().validate()
@@ -281,6 +282,7 @@ def _prepare(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str 
 def _finetune(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str | Path],
               dist_info: DistInfo) -> dict[str, Any]:
     seed_everything(cfg.seed + dist_info.rank)
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, dist_info.device))
     prepared, error = None, None
     try:
         prepared = _prepare(cfg, weights, output_dir, dist_info)

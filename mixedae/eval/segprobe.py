@@ -34,11 +34,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ..amp import resolve_precision
 from ..distributed import resolve_device
 from ..errors import UserError
 from ..export.timm import to_timm
 from .common import encoder_at_size, load_eval_config, output_dirs, seed_everything, write_results
-from .features import patch_features, split_features
+from .features import patch_features, split_features, under_precision
 from .metrics import segmentation_scores
 from .probe import train_head, train_head_streamed
 from .segdata import (SegmentationConfig, SegmentationCrops, SegmentationImages, check_labels, data_summary, geometry,
@@ -109,7 +110,9 @@ def run_segprobe(weights: str | Path, data: str, *, overrides: Sequence[str] = (
     geom = geometry(cfg, size)
     train = SegmentationCrops(train_base, geom, cfg.seed)
     device = resolve_device(cfg.device)
-    fn = patch_features(to_timm(encoder).to(device), cfg.layers)
+    # every path (cached, streamed, sliding-window val) extracts under the same resolved precision
+    fn = under_precision(patch_features(to_timm(encoder).to(device), cfg.layers),
+                         resolve_precision(cfg.precision, device), device)
     channels = cfg.layers * encoder.embed_dim
     head = nn.Conv2d(channels, num_classes, kernel_size=1).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -204,14 +204,17 @@ class MixedAutoencoder(nn.Module):
     # 7. homologous contrastive loss -----------------------------------------------------------
     def homocon_loss(self, feats: Tensor, token_src: Tensor) -> Tensor:
         """``feats: [N, L, D]`` output patch features, ``token_src: [N, L]`` → scalar
-        ``-mean over (anchor l, positive l+) of log softmax_{l' ≠ l}(cos(z_l, z_l')/τ)[l+]``."""
-        z = F.normalize((self.projector(feats) if self.projector is not None else feats).float(), dim=-1)
-        logits = z @ z.transpose(1, 2) / self.tau  # [N, L, L]
-        self_pair = torch.eye(self.num_patches, dtype=torch.bool, device=z.device)
-        logits = logits.masked_fill(self_pair, float("-inf"))
-        log_prob = logits - logits.logsumexp(dim=-1, keepdim=True)
-        positive = (token_src[:, :, None] == token_src[:, None, :]) & ~self_pair
-        return -log_prob[positive].sum() / positive.sum()
+        ``-mean over (anchor l, positive l+) of log softmax_{l' ≠ l}(cos(z_l, z_l')/τ)[l+]``.
+        The similarities and the log-softmax are fp32 even under autocast."""
+        z = self.projector(feats) if self.projector is not None else feats
+        with torch.autocast(z.device.type, enabled=False):
+            z = F.normalize(z.float(), dim=-1)
+            logits = z @ z.transpose(1, 2) / self.tau  # [N, L, L]
+            self_pair = torch.eye(self.num_patches, dtype=torch.bool, device=z.device)
+            logits = logits.masked_fill(self_pair, float("-inf"))
+            log_prob = logits - logits.logsumexp(dim=-1, keepdim=True)
+            positive = (token_src[:, :, None] == token_src[:, None, :]) & ~self_pair
+            return -log_prob[positive].sum() / positive.sum()
 
     def forward(
         self, imgs: Tensor, noise: Optional[Tensor] = None, with_metrics: bool = True

@@ -26,7 +26,8 @@ NORM_PIX_EPS = 1e-6
 
 
 def normalized_pixels(target: Tensor, eps: float = NORM_PIX_EPS) -> Tensor:
-    """Per-patch normalisation of ``[..., P]`` pixel targets (MAE's ``norm_pix_loss``)."""
+    """Per-patch normalisation of ``[..., P]`` pixel targets (MAE's ``norm_pix_loss``), in fp32."""
+    target = target.float()
     mean = target.mean(dim=-1, keepdim=True)
     var = target.var(dim=-1, keepdim=True)
     return (target - mean) / (var + eps) ** 0.5
@@ -41,11 +42,12 @@ def denormalized_pixels(pred: Tensor, target: Tensor, eps: float = NORM_PIX_EPS)
 
 
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Mean over the masked patches of the per-patch MSE.
+    """Mean over the masked patches of the per-patch MSE, in fp32 (also under autocast).
 
     Args:
         pred, target: ``[N, L, P]``.
         mask: ``[N, L]``, 1 where the patch counts (masked / not owned), 0 elsewhere.
     """
-    per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)  # [N, L]
-    return (per_patch * mask).sum() / mask.sum()
+    with torch.autocast(pred.device.type, enabled=False):
+        per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)  # [N, L]
+        return (per_patch * mask).sum() / mask.sum()

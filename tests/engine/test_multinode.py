@@ -59,7 +59,7 @@ WRITE_WATCH = textwrap.dedent('''
         sys.addaudithook(_hook)
 ''')
 
-SETTINGS = ["optim.lr=1e-3", "log.every_steps=1", "log.recon_every_epochs=100", "checkpoint.every_steps=1"]
+SETTINGS = ["optim.lr=1e-3", "train.precision=fp32", "log.every_steps=1", "log.recon_every_epochs=100", "checkpoint.every_steps=1"]
 COMMON = [*TINY, *SETTINGS]
 
 

@@ -1,5 +1,6 @@
 """The pre-training engine end to end: run folder, exact resume after SIGKILL, 2-rank gloo and
-gradient accumulation equal the plain run, bad checkpoints, divergence."""
+gradient accumulation equal the plain run (each through the batched and the PIL input path),
+bad checkpoints, divergence."""
 
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ TINY = [
     "data.num_workers=0", "log.tensorboard=false", "log.progress=false", "optim.warmup_epochs=0.5",
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# input paths (mixedae.engine.inputs): overrides that select each, and the words its start-up line holds
+PATHS = {
+    "memory": ([], "decoded into memory"),  # the default for small data: batched augmentation
+    "pil": (["data.augment=pil"], "PIL augmentation"),
+    "stream": (["data.augment=batched", "data.in_memory_mb=0"], "decode and crop"),
+}
 
 
 def config(out: Path, *extra: str) -> PretrainConfig:
@@ -82,10 +89,13 @@ def test_run_folder_contents(tmp_path):
     assert results["steps"] == 8 and results["final"]["loss"] > 0
 
 
-def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
-    common = ["data.num_samples=64", "train.max_steps=3", "optim.lr=1e-3", "log.every_steps=1"]
+@pytest.mark.parametrize("path", list(PATHS))
+def test_accumulated_micro_batches_equal_one_big_batch(tmp_path, capsys, path):
+    common = ["data.num_samples=64", "train.max_steps=3", "optim.lr=1e-3", "log.every_steps=1", "train.precision=fp32",
+              *PATHS[path][0]]
     pretrain(config(tmp_path / "big", *common, "train.batch_size=16"))
     pretrain(config(tmp_path / "acc", *common, "train.batch_size=8", "train.accum_steps=2"))
+    assert capsys.readouterr().err.count(PATHS[path][1]) == 2
     big = weights(tmp_path / "big" / "last.pt")
     assert_same_training(weights(tmp_path / "acc" / "last.pt"), big)
     assert_same_gradients(tmp_path / "acc", tmp_path / "big")
@@ -97,10 +107,11 @@ def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one_process_with_the_global_batch(tmp_path):
+@pytest.mark.parametrize("path", ["memory", "pil"])
+def test_two_gloo_processes_equal_one_process_with_the_global_batch(tmp_path, path):
     # optim.blr: lr = blr × effective batch / 256 = 0.016 × 16 / 256 = 0.001 for both runs
     common = [*TINY, "data.num_samples=64", "train.max_steps=3", "optim.blr=0.016", "log.every_steps=1",
-              "--data", "synthetic"]
+              "train.precision=fp32", "--data", "synthetic", *PATHS[path][0]]
     single = cli("pretrain", "--output-dir", str(tmp_path / "one"), *common, "train.batch_size=16")
     assert single.returncode == 0, single.stderr[-2000:]
     dist = subprocess.run(
@@ -109,7 +120,7 @@ def test_two_gloo_processes_equal_one_process_with_the_global_batch(tmp_path):
         env=ENV, capture_output=True, text=True, timeout=300,
     )
     assert dist.returncode == 0, dist.stderr[-3000:]
-    assert "2 process(es)" in dist.stderr
+    assert "2 process(es)" in dist.stderr and PATHS[path][1] in dist.stderr
     assert "effective batch 16 | lr 0.001 |" in dist.stderr and "effective batch 16 | lr 0.001 |" in single.stderr
     assert_same_training(weights(tmp_path / "two" / "last.pt"), weights(tmp_path / "one" / "last.pt"))
     assert_same_gradients(tmp_path / "two", tmp_path / "one")
@@ -130,9 +141,11 @@ def test_lr_is_blr_times_the_effective_batch_over_256(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_is_bit_exact(tmp_path):
+@pytest.mark.parametrize("path", ["memory", "pil"])
+def test_sigkill_mid_run_then_resume_is_bit_exact(tmp_path, path):
+    # default precision (auto: bf16 on a CPU with native bf16): resuming is exact in any precision
     args = [*TINY, "--data", "synthetic", "data.num_samples=256", "train.batch_size=8", "train.epochs=2",
-            "checkpoint.every_steps=1", "log.every_steps=1", "log.recon_every_epochs=100"]
+            "checkpoint.every_steps=1", "log.every_steps=1", "log.recon_every_epochs=100", *PATHS[path][0]]
     ref = cli("pretrain", "--output-dir", str(tmp_path / "ref"), *args)
     assert ref.returncode == 0, ref.stderr[-2000:]
 
@@ -156,7 +169,7 @@ def test_sigkill_mid_run_then_resume_is_bit_exact(tmp_path):
 
     resumed = cli("pretrain", "--output-dir", str(run), "--resume", "auto", *args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resumed at step {saved}" in resumed.stderr
+    assert f"resumed at step {saved}" in resumed.stderr and PATHS[path][1] in resumed.stderr
     a, b = weights(tmp_path / "ref" / "last.pt"), weights(run / "last.pt")
     assert a.keys() == b.keys()
     for key in a:

@@ -2,7 +2,8 @@
 
 import torch
 
-from mixedae.engine.sampling import GlobalBatchSampler, SeededAugmentation, step_noise
+from mixedae.data.transforms import random_crop_flip
+from mixedae.engine.sampling import GlobalBatchSampler, SeededAugmentation, mix_seed, seeded_crops, step_noise
 
 
 class Range(torch.utils.data.Dataset):
@@ -49,14 +50,24 @@ def test_epochs_differ_and_resume_skips_exactly():
 
 def test_augmentation_depends_on_seed_epoch_index_only():
     ds = Range(10)
-    aug = SeededAugmentation(ds, lambda x: x + torch.rand(()), seed=7)
+    aug = SeededAugmentation(ds, lambda x, g: x + torch.rand((), generator=g), seed=7)
     a = aug[(1, 4)]
     torch.rand(5)  # disturbing the global stream changes nothing
     assert aug[(1, 4)] == a
     assert aug[(2, 4)] != a and aug[(1, 5)] - 5 != a - 4
+    assert SeededAugmentation(ds, aug.transform, seed=8)[(1, 4)] != a
     state = torch.get_rng_state()
     aug[(0, 0)]
     assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
+
+
+def test_seeded_crops_are_the_per_image_draws():
+    keys, sizes = [(0, 3), (2, 3), (0, 9)], [(32, 32), (32, 32), (40, 60)]
+    boxes, flips = seeded_crops(keys, sizes, seed=5)
+    for (epoch, index), (h, w), box, flip in zip(keys, sizes, boxes.tolist(), flips.tolist()):
+        expected = random_crop_flip(h, w, torch.Generator().manual_seed(mix_seed(5, epoch, index)))
+        assert (*box, flip) == tuple(expected)
+    assert boxes[0].tolist() != boxes[1].tolist()  # another epoch, another crop
 
 
 def test_step_noise_is_split_not_redrawn():

@@ -269,3 +269,28 @@ def test_mae_forward_uses_given_noise():
         l2, o2 = model(imgs, noise)
     _, mask = model.random_masking(noise)
     assert torch.equal(o1["mask"], mask) and torch.equal(o2["mask"], mask) and torch.equal(l1, l2)
+
+
+# ------------------------------------------------------------------------------------------------
+# losses stay fp32 under bf16 autocast
+# ------------------------------------------------------------------------------------------------
+def test_losses_are_fp32_under_bf16_autocast():
+    """HomoCon and the masked MSE against the float64 loop references at fp32 accuracy (1e-5), while the
+    encoder features are bf16: computing the similarities or the log-softmax in bf16 would be ~1e-2 off."""
+    model = small_model("mixedae", depth=1, tau=0.1)
+    torch.manual_seed(3)
+    feats, src = torch.randn(3, 16, 32).bfloat16(), balanced(3, 16, 4, seed=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        homocon = model.homocon_loss(feats, src)
+    assert homocon.dtype == torch.float32
+    assert homocon.item() == pytest.approx(ref_homocon(n64(feats), src.numpy(), 0.1), rel=1e-5)
+
+    mae = small_model("mae", depth=1)
+    imgs = torch.randn(4, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, out = mae(imgs)
+    assert loss.dtype == torch.float32 and out["pred"].dtype == torch.bfloat16
+    target = ref_norm_pix(ref_patchify(n64(imgs), 4))
+    mask = n64(out["mask"])
+    per_patch = ((n64(out["pred"]) - target) ** 2).mean(-1)
+    assert loss.item() == pytest.approx((per_patch * mask).sum() / mask.sum(), rel=1e-5)
