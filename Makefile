@@ -22,8 +22,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m mixedae pretrain --config configs/pretrain/demo_mixedae.yaml --output-dir $(DEMO)/mixedae
-	$(PY) -m mixedae pretrain --config configs/pretrain/demo_mae.yaml --output-dir $(DEMO)/mae
+	$(PY) -m mixedae pretrain --config configs/pretrain/demo_mixedae.yaml --output-dir $(DEMO)/mixedae --resume auto
+	$(PY) -m mixedae pretrain --config configs/pretrain/demo_mae.yaml --output-dir $(DEMO)/mae --resume auto
 	$(PY) -m mixedae knn --weights $(DEMO)/mixedae $(KNN_DATA) --k 20
 	$(PY) -m mixedae knn --weights $(DEMO)/mae $(KNN_DATA) --k 20
 	@echo "the same k-NN on an untrained encoder of the same shape (the difference is what pre-training added):"

@@ -291,6 +291,8 @@ CASES = [
          says=("not a mixedae pre-training checkpoint",)),
     Case("pretrain-resume-finetuned-checkpoint", pre("synthetic", "--resume", "{root}/finetuned.pt"),
          says=("not a mixedae pre-training checkpoint",)),
+    Case("pretrain-into-an-existing-run-without-resume", pre("synthetic", "--output-dir", "{root}/run"),
+         says=("already holds a run", "--resume auto")),
     Case("pretrain-resume-missing", pre("synthetic", "--resume", "{root}/nothing.pt"), says=("no such checkpoint",)),
     Case("pretrain-read-only-output", pre("synthetic", "--output-dir", "{t}/ro/out"), says=WRITE_ERROR, disk="ro"),
     Case("pretrain-full-disk-keeps-last-pt", pre("synthetic", "--output-dir", "{t}/full/run", "train.epochs=3",

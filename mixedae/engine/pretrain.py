@@ -50,12 +50,17 @@ NO_STEP = torch.iinfo(torch.int64).max  # "no bad step yet" in the on-device rec
 
 
 def resolve_resume(resume: Optional[str], run_dir: Path) -> Optional[Path]:
-    """``auto`` → ``<run>/last.pt`` if it exists (else a fresh start); a path must exist.
+    """``auto`` → ``<run>/last.pt`` if it exists (else a fresh start); a path must exist. Without
+    ``resume``, a run folder that already holds a ``last.pt`` is refused (a fresh start would
+    overwrite its checkpoints and metrics).
 
     Looks at this process's filesystem: under torchrun, :class:`Pretrainer` asks rank 0 only and
     hands its answer to every rank.
     """
     if resume is None:
+        if (run_dir / "last.pt").exists():
+            raise UserError(f"{run_dir} already holds a run (last.pt); pass --resume auto to continue it, "
+                            "or choose another --output-dir")
         return None
     if resume == "auto":
         last = run_dir / "last.pt"
