@@ -23,7 +23,7 @@ import tarfile
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..errors import UserError
 
@@ -107,20 +107,16 @@ def _extract_all(archive: Path, folder: Path) -> None:
             tar.extractall(folder, members=list(_checked_members(tar)))
 
 
-def extract_archive(archive: str | Path) -> Path:
-    """Extract ``archive`` into the cache unless already done; return the root of its tree.
+def materialize(target: Path, fill: Callable[[Path], None], errors: tuple[type[BaseException], ...],
+                failure: str) -> Path:
+    """Build the cache folder ``target`` once per node, atomically: ``fill(tmp)`` writes a temporary
+    ``.partial-*`` folder that is renamed into place only when complete (a killed build is never
+    mistaken for a finished one; the next build deletes such leftovers), under the node's lock.
 
-    Extraction goes to a temporary ``.partial-*`` folder inside the cache which is renamed into
-    place only when complete, so a killed extraction is never mistaken for a finished one; the
-    next extraction of the same archive deletes such leftovers. One process per node extracts
-    (see the module docstring). Members that would escape the folder (absolute paths, ``..``,
-    links outside) are refused (tarfile ``data`` filter, or a stricter check on older Pythons).
-    If the archive holds a single top-level folder, that folder is returned.
+    An exception in ``errors`` becomes a UserError ``"<failure>: <error>; ..."``; returns ``target``.
     """
-    archive = Path(archive)
-    target = _extraction_dir(archive)
     if target.is_dir():
-        return _single_top_folder(target)
+        return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with _node_lock(target):
@@ -128,14 +124,31 @@ def extract_archive(archive: str | Path) -> Path:
                 _remove_partials(target)
                 tmp = Path(tempfile.mkdtemp(prefix=f".partial-{target.name}-", dir=target.parent))
                 try:
-                    _extract_all(archive, tmp)
+                    fill(tmp)
                     os.rename(tmp, target)
-                except (tarfile.TarError, EOFError, OSError) as e:
+                except BaseException as e:
                     shutil.rmtree(tmp, ignore_errors=True)
+                    if not isinstance(e, errors):
+                        raise
                     if not target.is_dir():  # else a process of another node (shared cache) finished first
-                        raise UserError(f"cannot extract {archive}: {e}; check that it is a complete "
-                                        ".tar/.tar.gz and that the cache ($MIXEDAE_CACHE) has room") from e
+                        raise UserError(f"{failure}: {e}; check the source and that the cache ($MIXEDAE_CACHE) "
+                                        "has room") from e
     except PermissionError as e:
-        raise UserError(f"cannot write the archive cache {target.parent} ({e.strerror}); set MIXEDAE_CACHE "
+        raise UserError(f"cannot write the cache {target.parent} ({e.strerror}); set MIXEDAE_CACHE "
                         "to a writable folder") from e
+    return target
+
+
+def extract_archive(archive: str | Path) -> Path:
+    """Extract ``archive`` into the cache unless already done; return the root of its tree.
+
+    Extraction goes through :func:`materialize` (atomic, one process per node, see the module
+    docstring). Members that would escape the folder (absolute paths, ``..``, links outside) are
+    refused (tarfile ``data`` filter, or a stricter check on older Pythons). If the archive holds a
+    single top-level folder, that folder is returned.
+    """
+    archive = Path(archive)
+    target = materialize(_extraction_dir(archive), lambda tmp: _extract_all(archive, tmp),
+                         (tarfile.TarError, EOFError, OSError),
+                         f"cannot extract {archive} (is it a complete .tar/.tar.gz?)")
     return _single_top_folder(target)

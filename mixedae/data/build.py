@@ -23,6 +23,7 @@ from .archives import extract_archive, is_archive
 from .folders import (IGNORE_INDEX, IMG_EXTENSIONS, ImageFiles, SegmentationFolder, class_folders, detect_layout,
                       list_images, reduce_zero_label, segmentation_split, split_folders, tree_root)
 from .synthetic import SyntheticScenes
+from .torchvision_sets import parse_spec, torchvision_folder
 
 SYNTHETIC = "synthetic"
 SPLITS = ("train", "val")
@@ -37,11 +38,14 @@ def _check_split(split: str) -> None:
 
 
 def resolve_root(spec: str) -> Path:
-    """The folder a non-synthetic spec names: the directory itself or the extracted archive's tree."""
+    """The folder a non-synthetic spec names: the directory itself, the extracted archive's tree, or the
+    cached image folder of a torchvision dataset (``cifar10:ROOT``, :mod:`mixedae.data.torchvision_sets`)."""
+    if parse_spec(spec) is not None:
+        return torchvision_folder(spec)
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(f"data spec {spec!r} is not {SYNTHETIC!r} and no such path exists; "
-                        f"pass --data {SYNTHETIC}, a folder of images, or a .tar/.tar.gz archive")
+                        f"pass --data {SYNTHETIC}, a folder of images, a .tar/.tar.gz archive or cifar10:ROOT")
     if path.is_dir():
         return path
     if is_archive(path):

@@ -3,7 +3,7 @@
 A plan is a YAML file (see ``configs/study/``)::
 
     name: quick                      # names the default output folder runs/study/<name>
-    data: data/cifar10.tar.gz        # pre-training + classification data; --data overrides it
+    data: cifar10:~/.cache/mixedae/torchvision  # pre-training + classification data; --data overrides it
     budget:                          # pre-training keys applied to every row (nested or dotted)
       train: {epochs: 4, batch_size: 128, precision: bf16}
     seeds: [0]                       # train.seed of every row without its own seeds
@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..config import PretrainConfig, from_dict, merge, parse_overrides, read_yaml, to_dict
+from ..data.torchvision_sets import parse_spec
 from ..errors import UserError
 from ..eval.attention_objects import AttentionObjectsConfig
 from ..eval.common import load_eval_config
@@ -272,9 +273,9 @@ def _check(plan: Plan) -> None:
         except UserError as e:
             raise UserError(f"evaluations.{protocol}: {e}") from None
     for spec in {plan.data, ev.classification_data or plan.data, ev.segmentation_data}:
-        if spec != "synthetic" and not Path(spec).expanduser().exists():
-            raise UserError(f"data {spec} does not exist; pass --data with CIFAR-10 (an ImageFolder tree or its "
-                            ".tar.gz), e.g. --data ~/data/cifar10.tar.gz")
+        if spec != "synthetic" and parse_spec(spec) is None and not Path(spec).expanduser().exists():
+            raise UserError(f"data {spec} does not exist; pass --data with CIFAR-10 (an ImageFolder tree, its "
+                            ".tar.gz, or cifar10:ROOT for torchvision's copy), e.g. --data ~/data/cifar10.tar.gz")
 
 
 def seeds_of(plan: Plan, row: RowSpec) -> list[int]:

@@ -117,8 +117,10 @@ def test_shipped_plans_load(tmp_path):
         data = None if name == "smoke" else str(tmp_path)
         plan = load_plan(REPO / "configs" / "study" / f"{name}.yaml", data=data)
         assert plan_jobs(plan, tmp_path / name)
+    # without --data they name torchvision's CIFAR-10 inside the cache (nothing outside the repository)
+    assert load_plan(REPO / "configs" / "study" / "quick.yaml").data == "cifar10:~/.cache/mixedae/torchvision"
     with pytest.raises(UserError, match="pass --data"):
-        load_plan(REPO / "configs" / "study" / "quick.yaml")
+        load_plan(REPO / "configs" / "study" / "quick.yaml", data=str(tmp_path / "missing"))
     quick, full = (load_plan(REPO / "configs" / "study" / f"{n}.yaml", data=str(tmp_path)) for n in ("quick", "full"))
     same = [(r.name, r.config, r.preset, r.overrides, r.random_init) for r in quick.rows]
     assert same == [(r.name, r.config, r.preset, r.overrides, r.random_init) for r in full.rows]
