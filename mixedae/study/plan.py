@@ -4,6 +4,7 @@ A plan is a YAML file (see ``configs/study/``)::
 
     name: quick                      # names the default output folder runs/study/<name>
     data: cifar10:~/.cache/mixedae/torchvision  # pre-training + classification data; --data overrides it
+    pretrain_data: data              # or classification_subset: pre-train on evaluations.train_subset's images
     budget:                          # pre-training keys applied to every row (nested or dotted)
       train: {epochs: 4, batch_size: 128, precision: bf16}
     seeds: [0]                       # train.seed of every row without its own seeds
@@ -111,12 +112,18 @@ class EvaluationsSpec:
 class Plan:
     name: str = ""
     data: str = "synthetic"  # pre-training + classification data (--data overrides it)
+    # what the rows pre-train on: "data" (the plan's data) or "classification_subset" (the train split of the
+    # evaluations' class-stratified subset: a small budget that still sees every class, as the quick plan uses)
+    pretrain_data: str = "data"
     budget: dict = field(default_factory=dict)  # pre-training keys for every row
     seeds: list[int] = field(default_factory=lambda: [0])
     speed_reference: Optional[str] = None  # default: the first row with an MAE preset
     evaluations: EvaluationsSpec = field(default_factory=EvaluationsSpec)
     rows: list = field(default_factory=list)  # RowSpec, filled by load_plan
     path: Optional[str] = None  # the plan file (set by load_plan; row config paths are relative to it)
+
+
+PRETRAIN_DATA = ("data", "classification_subset")
 
 
 @dataclass
@@ -261,6 +268,10 @@ def _check(plan: Plan) -> None:
     if plan.speed_reference is not None and plan.speed_reference not in names:
         raise UserError(f"speed_reference {plan.speed_reference!r} is not a row; use one of: {', '.join(names)}")
     ev = plan.evaluations
+    if plan.pretrain_data not in PRETRAIN_DATA:
+        raise UserError(f"pretrain_data={plan.pretrain_data!r}: use one of {', '.join(PRETRAIN_DATA)}")
+    if plan.pretrain_data == "classification_subset" and not ev.train_subset:
+        raise UserError("pretrain_data: classification_subset needs evaluations.train_subset (the subset's size)")
     if ev.attention.enabled and ev.segmentation_data != "synthetic":
         raise UserError("the attention measure needs object masks: set evaluations.segmentation_data: synthetic or "
                         "evaluations.attention.enabled: false")
@@ -318,5 +329,7 @@ def plan_jobs(plan: Plan, out_dir: Path) -> list[Job]:
                 raise UserError(f"plan {plan.path}: row {row.name!r}: {e}") from None
             stamp = ({"random_init": True, "model_args": encoder_args, "seed": seed} if row.random_init
                      else hashed_config(cfg))
+            if plan.pretrain_data != "data" and not row.random_init:
+                stamp["pretrain_data"] = plan.pretrain_data  # (left out by default: older studies keep their hash)
             jobs.append(Job(row, seed, cfg, run_dir, stamp, config_hash(stamp)))
     return jobs

@@ -24,6 +24,7 @@ diverged (its evaluations are skipped, the table says so) and the study goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -35,7 +36,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import yaml
 
-from ..config import to_dict
+from ..config import PretrainConfig, to_dict
 from ..engine.pretrain import TrainingDiverged, pretrain
 from ..errors import UserError
 from ..eval import features as feature_cache
@@ -137,6 +138,12 @@ class StudyRunner:
             cls = str(class_subset(cls, self.out / "data", ev.train_subset, ev.val_subset, ev.subset_seed))
         self.data = {"classification": cls, "segmentation": ev.segmentation_data}
 
+    def _pretrain_config(self, job: Job) -> PretrainConfig:
+        """``job.cfg``, reading the classification subset (its train split) if the plan pre-trains on it."""
+        if self.plan.pretrain_data != "classification_subset":
+            return job.cfg
+        return dataclasses.replace(job.cfg, data=dataclasses.replace(job.cfg.data, spec=self.data["classification"]))
+
     def _eval_stamp(self, job: Job, protocol: str) -> dict[str, Any]:
         """What an evaluation's results depend on (paths inside the output folder left out)."""
         kind = "classification" if protocol in CLASSIFICATION else "segmentation"
@@ -190,7 +197,8 @@ class StudyRunner:
                 write_random_encoder(job.stamp["model_args"], job.seed, job.run_dir, f"plan row {job.row.name}",
                                      job.cfg.model.name)
             else:
-                pretrain(job.cfg, resume="auto", epoch_hooks=self.hooks(job.cfg))
+                cfg = self._pretrain_config(job)
+                pretrain(cfg, resume="auto", epoch_hooks=self.hooks(cfg))
         except TrainingDiverged as e:
             stamp.update(status="diverged", error=str(e))
             atomic_write_json(stamp, stamp_path)

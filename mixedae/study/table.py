@@ -178,7 +178,9 @@ def markdown(plan: Plan, rows: list[dict[str, Any]], ref: Optional[str], out_dir
     ev = plan.evaluations
     lines = [f"# Study `{plan.name}`", "",
              f"- plan: `{plan.path}` · output: `{out_dir}`" + (f" · command: `{command}`" if command else ""),
-             f"- pre-training data: `{plan.data}` · budget (every row): {budget or '(the configs own)'}",
+             f"- pre-training data: `{plan.data}`"
+             + (" (the train split of the classification subset below)" if plan.pretrain_data != "data" else "")
+             + f" · budget (every row): {budget or '(the configs own)'}",
              f"- classification data: `{ev.classification_data or plan.data}` (train subset: {ev.train_subset or 'all'}, "
              f"val subset: {ev.val_subset or 'all'}) · segmentation / attention data: `{ev.segmentation_data}`",
              f"- machine: {machine.get('platform')}, {machine.get('cpu_count')} CPUs ({machine.get('processor')}), "

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
+from mixedae.cli import main
 from mixedae.data import build_dataset
 from mixedae.errors import UserError
 from mixedae.study.subset import class_subset, stratified
@@ -61,3 +64,30 @@ def test_subset_of_an_unsplit_folder_keeps_the_holdout(tmp_path):
     val = {Path(p).resolve().name for p, _ in build_dataset(str(folder), "val", require_labels=True).samples}
     train = {Path(p).resolve().name for p, _ in build_dataset(str(folder), "train", require_labels=True).samples}
     assert val == held_out and len(train) == 10 and not train & held_out
+
+
+def test_a_plan_can_pretrain_on_the_classification_subset(tmp_path):
+    """pretrain_data: classification_subset — the rows pre-train on the subset's train split (its 12 of the 40
+    images), and the evaluations read the same subset."""
+    write_folder(tmp_path / "src" / "train", {"a": 20, "b": 20})
+    write_folder(tmp_path / "src" / "test", {"a": 4, "b": 4})
+    repo = Path(__file__).resolve().parents[2]
+    plan = yaml.safe_load((repo / "configs" / "study" / "smoke.yaml").read_text())
+    plan["rows"] = [{"name": "MAE", "config": str(repo / "configs" / "pretrain" / "demo_mae.yaml")}]
+    plan["budget"]["data"].update(image_size=8)
+    plan["budget"]["model"].update(patch_size=4)
+    plan["budget"]["train"].update(batch_size=4)
+    plan.update(data=str(tmp_path / "src"), pretrain_data="classification_subset")
+    ev = plan["evaluations"]
+    ev.update(train_subset=12, val_subset=None, segmentation_data="synthetic")
+    ev["common"] = {"progress": False, "data.num_workers": 0}
+    for protocol in ("linprobe", "segprobe", "attention", "patch_cosine"):
+        ev[protocol] = {"enabled": False}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    assert main(["study", str(tmp_path / "plan.yaml"), "--output-dir", str(tmp_path / "out")]) == 0
+    run = tmp_path / "out" / "runs" / "mae" / "seed-0"
+    spec = yaml.safe_load((run / "config.yaml").read_text())["data"]["spec"]
+    subset = next((tmp_path / "out" / "data").glob("src-subset-*"))
+    assert Path(spec) == subset
+    assert json.loads((run / "results.json").read_text())["steps"] == 3 * (12 // 4)  # 3 epochs of the 12 images
+    assert "the train split of the classification subset" in (tmp_path / "out" / "results.md").read_text()
