@@ -14,6 +14,7 @@ import yaml
 from mixedae.amp import resolve_precision
 from mixedae.distributed import DistInfo
 from mixedae.engine.pretrain import Pretrainer, TrainingDiverged, pretrain
+from mixedae.errors import UserError
 
 from .test_pretrain import config, weights
 
@@ -103,7 +104,7 @@ def test_compiled_training_keeps_checkpoint_keys(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     out = tmp_path / "run"
     common = ["data.num_samples=16", "train.batch_size=8", "train.max_steps=2", "log.recon_every_epochs=9",
-              "train.precision=fp32"]
+              "train.precision=fp32", "model.name=mae_vit_tiny_patch4_32"]
     pretrain(config(out, *common, "train.compile=true"))
     eager = tmp_path / "eager"
     pretrain(config(eager, *common))
@@ -113,3 +114,10 @@ def test_compiled_training_keeps_checkpoint_keys(tmp_path, monkeypatch):
         torch.testing.assert_close(value, weights(eager / "last.pt")[key], rtol=0, atol=1e-4, msg=key)
 
 
+
+
+def test_compile_is_refused_for_the_mixing_models(tmp_path):
+    # torch 2.14's inductor gives them wrong gradients (see Pretrainer); one line, before any training
+    with pytest.raises(UserError, match="train.compile=true is not supported for mixedae_vit_tiny_patch4_32"):
+        pretrain(config(tmp_path / "run", "data.num_samples=16", "train.batch_size=8", "train.compile=true"))
+    assert not (tmp_path / "run" / "last.pt").exists()
