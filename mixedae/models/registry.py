@@ -55,6 +55,7 @@ PRESETS = {
 
 
 def preset_names() -> list[str]:
+    """Every model preset name (``<method>_vit_<size>_patch<p>[_<img>]``), sorted, for :func:`create_model`."""
     return sorted(PRESETS)
 
 
