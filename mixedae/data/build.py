@@ -40,8 +40,9 @@ def _check_split(split: str) -> None:
 def resolve_root(spec: str) -> Path:
     """The folder a non-synthetic spec names: the directory itself, the extracted archive's tree, or the
     cached image folder of a torchvision dataset (``cifar10:ROOT``, :mod:`mixedae.data.torchvision_sets`)."""
-    if parse_spec(spec) is not None:
-        return torchvision_folder(spec)
+    torchvision = parse_spec(spec)
+    if torchvision is not None:
+        return torchvision_folder(*torchvision)
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(f"data spec {spec!r} is not {SYNTHETIC!r} and no such path exists; "

@@ -64,7 +64,7 @@ def _open(name: str, root: Path, split: str):
     cls = getattr(tvd, entry.cls_name)
     try:
         return cls(str(root), download=False, **entry.split_kwargs(split))
-    except (RuntimeError, FileNotFoundError, OSError):
+    except (RuntimeError, OSError):
         pass  # not there (or incomplete): download
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -98,13 +98,9 @@ def _write_split(name: str, root: Path, split: str, folder: Path) -> None:
         image.save(folder / split / names[int(target)] / f"{i:06d}.png")
 
 
-def torchvision_folder(spec: str) -> Path:
-    """The cached ImageFolder tree (``train/`` + ``val/``) of a ``name:ROOT`` spec, written on first use."""
-    parsed = parse_spec(spec)
-    if parsed is None:
-        raise UserError(f"{spec!r} is not a torchvision dataset spec; use one of "
-                        f"{', '.join(f'{n}:ROOT' for n in DATASETS)}")
-    name, root = parsed
+def torchvision_folder(name: str, root: Path) -> Path:
+    """The cached ImageFolder tree (``train/`` + ``val/``) of dataset ``name`` under ``root`` (a
+    :func:`parse_spec` result), written on first use."""
     key = hashlib.sha256(f"{name}|{root.resolve()}".encode()).hexdigest()[:16]
     target = cache_dir() / "datasets" / f"{name}-{key}"
 

@@ -30,7 +30,7 @@ from ..distributed import (DistInfo, all_reduce_mean, all_reduce_min, barrier, c
                            init_distributed)
 from ..errors import UserError
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
-from ..models import create_model
+from ..models import compile_problem, create_model
 from ..schedule import cosine_lr, set_lr
 from .checkpoint import (FORMAT_VERSION, BatchLayout, gather_rng_states, load_resume_checkpoint, saved_batch_layout,
                          set_rng_state)
@@ -135,12 +135,10 @@ class Pretrainer:
         self.scaler = grad_scaler(tc.precision)
         self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
             if dist_info.enabled else None
-        if tc.compile and self.model.group_size > 1:
-            # Measured with torch 2.14 (inductor, CPU): the compiled mixing models return the right loss but
-            # gradients that miss the decoder and differ in the encoder (naive mixing: no gradient at all),
-            # while MAE's compiled gradients equal eager ones. Refuse rather than train wrongly.
-            raise UserError(f"train.compile=true is not supported for {cfg.model.name}: with torch.compile the "
-                            "mixing models get wrong gradients (known problem); use train.compile=false")
+        problem = compile_problem(self.model) if tc.compile else None
+        if problem:  # refuse rather than train wrongly
+            raise UserError(f"train.compile=true is not supported for {cfg.model.name}: {problem}; "
+                            "use train.compile=false")
         # what runs the training forward; compiling a wrapper leaves self.model's state_dict keys alone
         self.train_module = torch.compile(self.ddp or self.model) if tc.compile else (self.ddp or self.model)
 

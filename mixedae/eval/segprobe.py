@@ -110,9 +110,10 @@ def run_segprobe(weights: str | Path, data: str, *, overrides: Sequence[str] = (
     geom = geometry(cfg, size)
     train = SegmentationCrops(train_base, geom, cfg.seed)
     device = resolve_device(cfg.device)
-    # every path (cached, streamed, sliding-window val) extracts under the same resolved precision
-    fn = under_precision(patch_features(to_timm(encoder).to(device), cfg.layers),
-                         resolve_precision(cfg.precision, device), device)
+    # every path extracts under the same resolved precision: split_features applies it to the cached
+    # features itself, fn carries it for the streamed training batches and the sliding-window val
+    features = patch_features(to_timm(encoder).to(device), cfg.layers)
+    fn = under_precision(features, resolve_precision(cfg.precision, device), device)
     channels = cfg.layers * encoder.embed_dim
     head = nn.Conv2d(channels, num_classes, kernel_size=1).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -123,7 +124,7 @@ def run_segprobe(weights: str | Path, data: str, *, overrides: Sequence[str] = (
                                                      size) <= cfg.max_memory_gb * 2**30
     if in_memory:
         kind = f"patches-{cfg.layers}-labels-{cfg.ignore_index}-{'rzl' if cfg.reduce_zero_label else 'raw'}"
-        feats = split_features(fn, {"train": train}, info, cfg, size, kind, cache, device)["train"]
+        feats = split_features(features, {"train": train}, info, cfg, size, kind, cache, device)["train"]
         check_labels(feats["targets"], num_classes, cfg.ignore_index)
         history = train_head(head, feats["patches"].to(device), feats["targets"].to(device), loss, optimizer, **options)
     else:
