@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mixedae.amp import AMP_DTYPES, autocast, check_precision, grad_scaler
 from mixedae.engine.optim import build_optimizer
 from mixedae.errors import UserError
-from mixedae.models import compile_problem, create_model, method_of
+from mixedae.models import create_model, method_of
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -205,10 +205,6 @@ def main(argv=None) -> int:
     except (ValueError, UserError) as e:
         p.error(str(e))
     flops = [t.flops_per_image() for t in trainees]
-    problems = {t.name: compile_problem(t.model) for t in trainees} if args.compile else {}
-    if any(problems.values()):  # as `mixedae pretrain` refuses train.compile for them
-        p.error(f"--compile: {', '.join(n for n, why in problems.items() if why)}: "
-                f"{next(why for why in problems.values() if why)}; compile only MAE models (--models mae_...)")
     if args.compile:
         for t in trainees:
             t.compile()

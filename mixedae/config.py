@@ -257,7 +257,7 @@ class TrainConfig:
     # auto: bf16 on a CUDA GPU or CPU with native bf16, else fp32 (mixedae.amp); the run's config.yaml
     # records the resolved value
     precision: typing.Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    compile: bool = False  # torch.compile the training forward/backward; MAE only (mixing models get wrong gradients)
+    compile: bool = False  # torch.compile (inductor) the training forward/backward; off: no speed-up measured on CPU
     clip_grad: Optional[float] = None
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

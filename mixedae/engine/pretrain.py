@@ -30,7 +30,7 @@ from ..distributed import (DistInfo, all_reduce_mean, all_reduce_min, barrier, c
                            init_distributed)
 from ..errors import UserError
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
-from ..models import compile_problem, create_model
+from ..models import create_model
 from ..schedule import cosine_lr, set_lr
 from .checkpoint import (FORMAT_VERSION, BatchLayout, gather_rng_states, load_resume_checkpoint, saved_batch_layout,
                          set_rng_state)
@@ -135,10 +135,6 @@ class Pretrainer:
         self.scaler = grad_scaler(tc.precision)
         self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
             if dist_info.enabled else None
-        problem = compile_problem(self.model) if tc.compile else None
-        if problem:  # refuse rather than train wrongly
-            raise UserError(f"train.compile=true is not supported for {cfg.model.name}: {problem}; "
-                            "use train.compile=false")
         # what runs the training forward; compiling a wrapper leaves self.model's state_dict keys alone
         self.train_module = torch.compile(self.ddp or self.model) if tc.compile else (self.ddp or self.model)
 
@@ -253,8 +249,8 @@ class Pretrainer:
             with (contextlib.nullcontext() if sync else self.ddp.no_sync()), autocast(tc.precision, self.device):
                 loss, out = self.train_module(imgs, noise=noise[m, self.dist.rank].to(self.device))
             self.scaler.scale(loss / tc.accum_steps).backward()
-            for key, value in {"loss": loss.detach(), **out["metrics"]}.items():
-                sums[key] = sums.get(key, 0.0) + value.float() / tc.accum_steps
+            for key, value in {"loss": loss, **out["metrics"]}.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().float() / tc.accum_steps
         self.scaler.unscale_(self.optimizer)  # fp16 only
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads) if tc.clip_grad is None else \

@@ -88,7 +88,7 @@ class MaskedAutoencoder(nn.Module):
             with_metrics: accepted for symmetry with MixedAE (whose sampling accuracy costs time);
                 MAE's only metric is the loss itself, reported either way.
         Returns:
-            ``loss`` (scalar) and a dict with ``metrics`` (``{"recon": ...}``, detached), ``pred``
+            ``loss`` (scalar) and a dict with ``metrics`` (``{"recon": ...}``, not detached: callers detach, see :meth:`MixedAE.forward`), ``pred``
             ``[N, L, p*p*C]`` and ``mask`` ``[N, L]`` (1 = masked).
         """
         if noise is None:
@@ -97,4 +97,4 @@ class MaskedAutoencoder(nn.Module):
         latent = self.forward_encoder(imgs, ids_keep)
         pred = self.forward_decoder(latent, ids_keep)
         loss = masked_mse(pred, self.target(imgs), mask)
-        return loss, {"metrics": {"recon": loss.detach()}, "pred": pred, "mask": mask}
+        return loss, {"metrics": {"recon": loss}, "pred": pred, "mask": mask}  # callers detach (see MixedAE.forward)

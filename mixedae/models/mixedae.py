@@ -227,10 +227,16 @@ class MixedAutoencoder(nn.Module):
             with_metrics: False skips the sampling accuracy (a few passes over the ``[N, h, L, L]``
                 keep mask per homologous block; e.g. on steps that are not logged). The loss is the same.
         Returns:
-            ``loss`` (scalar) and a dict with ``metrics`` (detached scalars ``recon``, ``homocon``
-            if ``λ > 0``, ``sampling_acc`` with homologous attention and ``with_metrics``), ``pred [n, S, G, L, P]``,
+            ``loss`` (scalar) and a dict with ``metrics`` (scalars ``recon``, ``homocon`` if ``λ > 0``,
+            ``sampling_acc`` with homologous attention and ``with_metrics``), ``pred [n, S, G, L, P]``,
             ``assign [n, S, L]`` (source slot per position of each mixed sample) and
             ``mixed [n, S, C, H, W]`` (the encoder's input images).
+
+            The metrics are returned *with* their autograd history; callers detach them. Detaching them
+            here breaks ``torch.compile`` (torch ≤ 2.14, inductor): it lowers ``detach`` to a no-op and
+            folds ``1.0 * recon``, so a detached metric and the loss come back as one tensor object, and
+            marking the metric non-differentiable silently cut the loss's gradients (pytorch/pytorch
+            PR 195688, "Dealias non-differentiable outputs before mark_non_differentiable").
         """
         b, c = imgs.shape[:2]
         g = self.group_size
@@ -253,12 +259,12 @@ class MixedAutoencoder(nn.Module):
         target = normalized_pixels(patches) if self.norm_pix_loss else patches
         recon = self.recon_loss(pred, target, assign)
         loss = self.recon_weight * recon
-        metrics = {"recon": recon.detach()}
+        metrics = {"recon": recon}  # not detached here: see the Returns note
         if self.homocon_weight > 0:
             homocon = self.homocon_loss(latent[:, 1:], token_src)
             loss = loss + self.homocon_weight * homocon
-            metrics["homocon"] = homocon.detach()
+            metrics["homocon"] = homocon
         if sampling_acc is not None:
-            metrics["sampling_acc"] = sampling_acc.detach()
+            metrics["sampling_acc"] = sampling_acc
         mixed = mixed.reshape(n, s, *mixed.shape[1:])
         return loss, {"metrics": metrics, "pred": pred, "assign": assign, "mixed": mixed}

@@ -8,7 +8,7 @@ of the encoder's cost as in MAE.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from torch import nn
 
@@ -71,18 +71,6 @@ def method_of(name: str) -> str:
     """``"mae"``, ``"mix"`` or ``"mixedae"`` for a preset name."""
     preset_kwargs(name)
     return PRESETS[name][0]
-
-
-def compile_problem(model: nn.Module) -> Optional[str]:
-    """Why ``torch.compile`` must not wrap ``model`` for training, or None.
-
-    Measured with torch 2.14 (inductor, CPU, one step against eager): MAE's compiled gradients equal the
-    eager ones, but the mixing models (naive mixing, MixedAE) return the right loss with wrong gradients
-    (MixedAE's decoder gets none, naive mixing gets none at all).
-    """
-    if getattr(model, "group_size", 1) > 1:
-        return "the mixing models get wrong gradients under torch.compile (known problem)"
-    return None
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
