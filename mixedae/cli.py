@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 from . import __version__
 from .commands import evaluate, pretrain, study, visualize
 from .errors import UserError
+from .progress import set_quiet
 
 COMMAND_GROUPS = (pretrain, evaluate, visualize, study)
 ELSEWHERE = "or write somewhere else (--output-dir / --out)"
@@ -53,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for group in COMMAND_GROUPS:
         group.register(sub)
+    for command in sub.choices.values():  # every command, present and future, in one place
+        command.add_argument("--quiet", action="store_true",
+                             help="no progress bars or status lines (results are still printed); "
+                                  "the same as log.progress=false / progress=false")
     return parser
 
 
@@ -71,6 +76,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    set_quiet(args.quiet)
     try:
         return int(args.func(args) or 0)
     except (UserError, ValueError) as e:

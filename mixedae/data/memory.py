@@ -9,7 +9,6 @@ few files spread over the list, and checked again while decoding.
 
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 import numpy as np
@@ -17,8 +16,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from ..progress import progress as progress_display
 from .folders import UNREADABLE, ImageFiles
 from .synthetic import SyntheticScenes
 from .transforms import to_uint8
@@ -71,8 +70,7 @@ def decode_all(dataset: Dataset, size: tuple[int, int], num_workers: int, progre
     pixels = torch.empty(len(dataset), 3, *size, dtype=torch.uint8)
     loader = DataLoader(_Uint8Images(dataset), batch_size=DECODE_BATCH, num_workers=num_workers,
                         collate_fn=list)
-    with tqdm(total=len(dataset), desc="decoding images into memory", disable=not progress, dynamic_ncols=True,
-              file=sys.stderr, unit="img") as bar:
+    with progress_display(total=len(dataset), desc="decoding images into memory", enabled=progress) as bar:
         for items in loader:
             for index, image in items:
                 if image.shape[1:] != size:

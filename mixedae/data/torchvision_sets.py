@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
 from PIL import Image
-from tqdm import tqdm
 
 from ..errors import UserError
+from ..progress import progress
 from .archives import cache_dir, materialize
 
 
@@ -91,7 +91,7 @@ def _write_split(name: str, root: Path, split: str, folder: Path) -> None:
     names = _class_names(dataset, targets)
     for class_name in names:
         (folder / split / class_name).mkdir(parents=True, exist_ok=True)
-    for i in tqdm(range(len(dataset)), desc=f"{name} {split} → image folder", leave=False):
+    for i in progress(range(len(dataset)), desc=f"{name} {split} → image folder", leave=False):
         image, target = dataset[i]
         if not isinstance(image, Image.Image):
             raise UserError(f"{name}: torchvision returned {type(image).__name__}, not a PIL image")

@@ -21,7 +21,6 @@ import torch
 import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from ..amp import autocast, check_precision, describe_precision, grad_scaler, resolve_precision
 from ..config import PretrainConfig, to_dict
@@ -31,6 +30,7 @@ from ..distributed import (DistInfo, all_reduce_mean, all_reduce_min, barrier, c
 from ..errors import UserError
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
 from ..models import create_model
+from ..progress import progress
 from ..schedule import cosine_lr, set_lr
 from .checkpoint import (FORMAT_VERSION, BatchLayout, gather_rng_states, load_resume_checkpoint, saved_batch_layout,
                          set_rng_state)
@@ -295,8 +295,8 @@ class Pretrainer:
         loader = iter(self._loader(epoch, in_epoch * tc.accum_steps))
         self.model.train()
         epoch_end = min((epoch + 1) * self.steps_per_epoch, self.last_step)
-        bar = tqdm(total=self.steps_per_epoch, initial=in_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                   disable=not (main and cfg.log.progress), dynamic_ncols=True, file=sys.stderr)
+        bar = progress(total=self.steps_per_epoch, initial=in_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                       enabled=main and cfg.log.progress)
         epoch_sums: Optional[Tensor] = None
         steps, lr_sum, logged, window_start, window_images = 0, 0.0, {}, time.time(), 0
         while self.step < epoch_end:

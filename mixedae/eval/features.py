@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -33,7 +32,6 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from ..amp import autocast, check_precision, resolve_precision
 from ..data import load_rgb
@@ -44,6 +42,7 @@ from ..errors import UserError
 from ..export.timm import to_timm
 from ..io import atomic_torch_save, load_checkpoint
 from ..models import VisionTransformer
+from ..progress import progress as progress_display
 from .common import (FROZEN_POLICY, MAX_LISTED_FILES, EvalConfig, data_summary, encoder_at_size, labelled_splits,
                      readable_loader, unreadable_error)
 
@@ -99,7 +98,7 @@ def extract(fn: FeatureFn, dataset: Dataset, *, batch_size: int, num_workers: in
     parts: dict[str, list[Tensor]] = {}
     unreadable = []
     loader = readable_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    for batch, bad in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, file=sys.stderr):
+    for batch, bad in progress_display(loader, desc=desc, enabled=progress):
         unreadable += bad
         if batch is None:
             continue

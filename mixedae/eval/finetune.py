@@ -50,7 +50,6 @@ from timm.optim import create_optimizer_v2
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
-from tqdm import tqdm
 
 from ..amp import autocast, check_precision, grad_scaler, resolve_precision
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
@@ -59,6 +58,7 @@ from ..errors import UserError
 from ..export.timm import timm_architecture
 from ..io import atomic_torch_save
 from ..models import VisionTransformer
+from ..progress import progress
 from ..schedule import cosine_lr, set_lr
 from .common import (FINETUNE_POLICY, EvalConfig, Unreadable, data_summary, encoder_at_size, labelled_splits,
                      load_eval_config, output_dirs, readable_loader, seed_everything, unreadable_error, write_results)
@@ -225,8 +225,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     """
     model.train()
     steps, total = len(loader), 0.0
-    bar = tqdm(loader, desc=f"fine-tune epoch {epoch + 1}/{cfg.epochs}", disable=not show, dynamic_ncols=True,
-               file=sys.stderr)
+    bar = progress(loader, desc=f"fine-tune epoch {epoch + 1}/{cfg.epochs}", enabled=show)
     for step, (imgs, targets) in enumerate(bar):
         set_lr(optimizer, cosine_lr(epoch + step / steps, base_lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs))
         imgs, targets = imgs.to(device), targets.to(device)

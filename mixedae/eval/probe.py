@@ -10,13 +10,12 @@ same order and with the same schedule.
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from ..progress import progress as progress_display
 from ..schedule import cosine_lr, set_lr
 
 
@@ -60,7 +59,7 @@ def train_head_streamed(head: nn.Module, n: int, batches: Batches, loss_fn: Call
     size = min(batch_size, n)
     generator = torch.Generator().manual_seed(seed)
     history = []
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    bar = progress_display(range(epochs), desc=desc, enabled=progress)
     for epoch in bar:
         head.train()
         order = torch.randperm(n, generator=generator)

@@ -22,7 +22,6 @@ One process (no torchrun); ``device=cuda`` when there is a GPU.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ..distributed import resolve_device
 from ..errors import UserError
 from ..export.timm import timm_architecture, to_timm
 from ..io import atomic_torch_save
 from ..models.segmentation import SegmentationModel, segmentation_model
+from ..progress import progress
 from ..schedule import cosine_lr, set_lr
 from .common import encoder_at_size, load_eval_config, output_dirs, seed_everything, weights_name, write_results
 from .finetune import finetune_optimizer
@@ -90,8 +89,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
     """One pass over the training crops; returns the mean loss."""
     model.train()
     steps, total = len(loader), 0.0
-    bar = tqdm(loader, desc=f"segfinetune epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-               dynamic_ncols=True, file=sys.stderr)
+    bar = progress(loader, desc=f"segfinetune epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress)
     for step, (imgs, masks) in enumerate(bar):
         set_lr(optimizer, cosine_lr(epoch + step / steps, cfg.lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs))
         check_labels(masks, num_classes, cfg.ignore_index)

@@ -11,15 +11,14 @@ the arg-max is scored against the original mask (:func:`mixedae.eval.metrics.con
 
 from __future__ import annotations
 
-import sys
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from ..progress import progress as progress_display
 from .metrics import confusion_matrix
 
 LogitsFn = Callable[[Tensor], Tensor]  # windows [B, C, S, S] → logits [B, K, S, S]
@@ -58,7 +57,7 @@ def segmentation_confusion(logits_fn: LogitsFn, dataset: Dataset, num_classes: i
     """Confusion matrix ``[K, K]`` (int64) over ``dataset`` items ``(image [C, H', W'], mask [H, W])``."""
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers)
-    for image, mask in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, file=sys.stderr):
+    for image, mask in progress_display(loader, desc=desc, enabled=progress):
         logits = slide_logits(logits_fn, image[0].to(device), window, stride, num_classes, batch_size)
         logits = F.interpolate(logits[None], size=mask.shape[-2:], mode="bilinear", align_corners=False)
         conf += confusion_matrix(logits.argmax(1).cpu(), mask, num_classes, ignore_index)
