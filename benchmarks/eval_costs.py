@@ -1,7 +1,7 @@
 """Costs of two evaluation choices, each variant measured **alternately** in one process (median of rounds).
 
 fingerprint: the feature cache's content key of a ViT-L-sized encoder (~303M parameters, 1.2 GB fp32):
-    ``tensors`` = mixedae.eval.weights._fingerprint (sha256 over the loaded tensors), ``file`` = streaming
+    ``tensors`` = mixedae.export.weights._fingerprint (sha256 over the loaded tensors), ``file`` = streaming
     the saved checkpoint through sha256 in 16 MiB chunks (the alternative), and ``load`` = load_encoder
     of that checkpoint (which includes ``tensors``) for scale.
 knn: weighted k-NN on random features, ``full-rows`` = the search before blocking (1024 val rows × the
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from mixedae.eval.knn import DEFAULT_BLOCK_MIB, block_shape, knn_scores
-from mixedae.eval.weights import _fingerprint, load_encoder
+from mixedae.export.weights import _fingerprint, load_encoder
 from mixedae.models import VisionTransformer
 
 LARGE = dict(img_size=224, patch_size=16, embed_dim=1024, depth=24, num_heads=16)

@@ -28,7 +28,7 @@ _API = {
     "load_config": ("mixedae.config", "load_config"),
     "PretrainConfig": ("mixedae.config", "PretrainConfig"),
     "pretrain": ("mixedae.api", "pretrain"),
-    "load_encoder": ("mixedae.eval.weights", "load_encoder"),
+    "load_encoder": ("mixedae.export.weights", "load_encoder"),
     "knn": ("mixedae.eval.knn", "run_knn"),
     "linprobe": ("mixedae.eval.linprobe", "run_linprobe"),
     "finetune": ("mixedae.eval.finetune", "run_finetune"),

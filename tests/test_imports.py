@@ -14,7 +14,7 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(mixedae.__path__, prefix=
 
 
 def test_the_package_has_its_modules():
-    assert {"mixedae.cli", "mixedae.engine.pretrain", "mixedae.eval.weights", "mixedae.viz.report"} <= set(MODULES)
+    assert {"mixedae.cli", "mixedae.engine.pretrain", "mixedae.export.weights", "mixedae.viz.report"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -142,7 +142,7 @@ def run_transfer_command(args: argparse.Namespace) -> int:
 
 
 def run_export_command(args: argparse.Namespace) -> int:
-    from ..eval.weights import load_encoder
+    from ..export.weights import load_encoder
     from ..export import export_encoder, export_summary
 
     encoder, info = load_encoder(args.weights)

@@ -83,7 +83,7 @@ def run_visualize(args: argparse.Namespace) -> int:
                    "figure": str(out), "metrics": rec["metrics"]}
         print("  ".join(f"{k}={v:.4f}" for k, v in rec["metrics"].items()) + f"  ({arch['name']}, {len(imgs)} images)")
     else:
-        from ..eval.weights import load_encoder
+        from ..export.weights import load_encoder
         from ..viz.attention import attention_figure
 
         encoder, _ = load_encoder(args.weights)

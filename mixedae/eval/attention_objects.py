@@ -26,7 +26,7 @@ from ..models import VisionTransformer
 from ..viz.attention import cls_attention, object_attention_mass, object_pixels
 from ..viz.samples import held_out_images
 from .common import ImageSampleConfig, load_eval_config, output_dirs, seed_everything, write_results
-from .weights import load_encoder
+from ..export.weights import load_encoder
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Frozen features: extracted once per (weights, data, split, transform, kind) and cached.
 
 The cache key hashes the weights' content (``fingerprint``: a sha256 of the encoder's architecture
-and tensors, see :mod:`mixedae.eval.weights`, so a copied or re-exported file reuses the cache and
+and tensors, see :mod:`mixedae.export.weights`, so a copied or re-exported file reuses the cache and
 an overwritten one never does), the data spec and its options, the split, the item list of folder
 datasets, the transform (its ``repr``), the kind of features and the (resolved) autocast precision
 of the extraction (``precision``, :mod:`mixedae.amp`). Features live

@@ -62,7 +62,7 @@ from ..progress import progress
 from ..schedule import cosine_lr, set_lr
 from .common import (FINETUNE_POLICY, EvalConfig, Unreadable, data_summary, encoder_at_size, labelled_splits,
                      load_eval_config, output_dirs, readable_loader, seed_everything, unreadable_error, write_results)
-from .weights import load_encoder
+from ..export.weights import load_encoder
 
 HEAD_KEYS = ["head.bias", "head.weight"]
 FC_NORM_KEYS = ["fc_norm.bias", "fc_norm.weight"]

@@ -32,7 +32,7 @@ from ..errors import UserError
 from .common import EvalConfig, load_eval_config, output_dirs, seed_everything, write_results
 from .features import labelled_features
 from .metrics import topk_accuracy
-from .weights import load_encoder
+from ..export.weights import load_encoder
 
 DEFAULT_KS = (10, 20, 100, 200)
 HEADLINE_K = 20

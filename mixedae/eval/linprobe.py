@@ -34,7 +34,7 @@ from .common import EvalConfig, load_eval_config, output_dirs, seed_everything, 
 from .features import labelled_features
 from .metrics import topk_accuracy
 from .probe import train_head
-from .weights import load_encoder
+from ..export.weights import load_encoder
 
 
 @dataclass

@@ -25,7 +25,7 @@ from ..data import build_dataset, describe_dataset, eval_transform
 from ..distributed import resolve_device
 from ..models import VisionTransformer
 from .common import ImageSampleConfig, load_eval_config, output_dirs, seed_everything, write_results
-from .weights import load_encoder
+from ..export.weights import load_encoder
 
 
 @dataclass

@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..io import atomic_torch_save, atomic_write_json
 from ..models import VisionTransformer, preset_names
 from .common import FEATURES_DIR, eval_root
-from .weights import ENCODER_ARGS, load_encoder
+from ..export.weights import ENCODER_ARGS, load_encoder
 
 RANDOM_DIR = "random-init"
 RANDOM_SUFFIX = "-random"

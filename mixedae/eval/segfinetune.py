@@ -46,7 +46,7 @@ from .metrics import segmentation_scores
 from .segdata import (SegmentationConfig, SegmentationCrops, SegmentationImages, check_labels, data_summary, geometry,
                       segmentation_splits)
 from .sliding import segmentation_confusion
-from .weights import load_encoder
+from ..export.weights import load_encoder
 
 CHECKPOINT_FILE = "segfinetuned.pth"
 

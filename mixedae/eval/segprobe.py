@@ -45,7 +45,7 @@ from .probe import train_head, train_head_streamed
 from .segdata import (SegmentationConfig, SegmentationCrops, SegmentationImages, check_labels, data_summary, geometry,
                       segmentation_splits)
 from .sliding import segmentation_confusion
-from .weights import load_encoder
+from ..export.weights import load_encoder
 
 
 @dataclass

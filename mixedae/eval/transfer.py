@@ -21,7 +21,7 @@ from ..io import atomic_write_json, atomic_write_text
 from .common import FEATURES_DIR, RESULTS_FILE, dataset_name, eval_root, weights_name
 from .knn import run_knn
 from .linprobe import run_linprobe
-from .weights import load_encoder
+from ..export.weights import load_encoder
 
 PROTOCOLS: dict[str, Callable[..., dict[str, Any]]] = {"knn": run_knn, "linprobe": run_linprobe}
 TABLE_FILE = "transfer.md"

@@ -1,4 +1,5 @@
-"""Export an encoder for the libraries users fine-tune in: ``mixedae export W --out DIR --format F``.
+"""Export an encoder for the libraries users fine-tune in: ``mixedae export W --out DIR --format F``; and read
+any weights ``--weights`` / ``model.init_from`` may name back (:mod:`.weights`).
 
 Formats (one module each, holding the whole conversion from our encoder, which has timm's key names):
     ``timm``        :mod:`.timm` — ``model.safetensors`` + ``pytorch_model.pth`` + ``config.json``;
@@ -33,7 +34,7 @@ def export_encoder(encoder: VisionTransformer, out_dir: str | Path, format: str 
     """Write ``encoder`` to ``out_dir`` in ``format``, made for ``image_size`` px inputs.
 
     Args:
-        encoder: e.g. from :func:`mixedae.eval.weights.load_encoder`.
+        encoder: e.g. from :func:`mixedae.export.weights.load_encoder`.
         format: one of :data:`FORMATS`.
         image_size: the input size of the export (a multiple of the patch size; default the encoder's);
             the position embedding is resampled to it.

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mixedae.cli import main
-from mixedae.eval.weights import load_encoder
+from mixedae.export.weights import load_encoder
 from mixedae.models import VisionTransformer
 
 from .conftest import write_run

@@ -9,7 +9,7 @@ import torch
 
 from mixedae.cli import main
 from mixedae.eval import features
-from mixedae.eval.weights import load_encoder
+from mixedae.export.weights import load_encoder
 
 from .conftest import DATA, write_run
 

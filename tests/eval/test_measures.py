@@ -13,7 +13,7 @@ from mixedae.data import SyntheticScenes, eval_transform
 from mixedae.errors import UserError
 from mixedae.eval.attention_objects import attention_ratio, run_attention_objects
 from mixedae.eval.patch_cosine import run_patch_cosine, within_image_cosine
-from mixedae.eval.weights import load_encoder
+from mixedae.export.weights import load_encoder
 from mixedae.viz.attention import cls_attention
 
 from .conftest import DATA, write_run

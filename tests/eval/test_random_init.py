@@ -9,7 +9,7 @@ import torch
 
 from mixedae.cli import main
 from mixedae.data import SyntheticScenes, eval_transform
-from mixedae.eval.weights import load_encoder
+from mixedae.export.weights import load_encoder
 from mixedae.models import create_model
 
 from .conftest import DATA, PRESET, TINY, write_run

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from mixedae.cli import main
 from mixedae.errors import UserError
-from mixedae.eval.weights import load_encoder
+from mixedae.export.weights import load_encoder
 from mixedae.models import VisionTransformer, create_model
 
 from .conftest import PRESET, TINY, write_run

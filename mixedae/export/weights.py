@@ -35,8 +35,8 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..export.mmseg import CONFIG as FOREIGN_EXPORT  # detectron2's export.json has the same name
-from ..export.timm import CONFIG as EXPORT_CONFIG, WEIGHTS as EXPORT_FILES
+from .mmseg import CONFIG as FOREIGN_EXPORT  # detectron2's export.json has the same name
+from .timm import CONFIG as EXPORT_CONFIG, WEIGHTS as EXPORT_FILES
 from ..io import load_checkpoint
 from ..models import VisionTransformer, create_model
 
