@@ -189,6 +189,9 @@ class ModelConfig:
     recon_weight: Optional[float] = None  # w in L = w·L_recon + λ·L_HomoCon (mixing presets; 1.0); 0 = HomoCon alone
     tau: Optional[float] = None
     projector_dim: Optional[int] = None
+    # Start from existing weights (not on resume): an official MAE checkpoint (with or without its decoder),
+    # an export folder, a run folder or a checkpoint; see mixedae/engine/init_from.py. None: random init.
+    init_from: Optional[str] = None
     # Activation checkpointing per encoder block: the same gradients, much less activation memory
     # (e.g. ViT-L at a large batch) for about a third more compute. Not part of the architecture.
     grad_checkpointing: bool = False
@@ -201,7 +204,7 @@ class ModelConfig:
 
     def create_kwargs(self, image_size: Optional[int]) -> dict:
         """Keyword overrides for :func:`mixedae.models.create_model` (preset values where None)."""
-        kwargs = {k: v for k, v in dataclasses.asdict(self).items() if k != "name" and v is not None}
+        kwargs = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("name", "init_from") and v is not None}
         if not self.grad_checkpointing:  # off: left out, so the saved arch of existing runs is unchanged
             del kwargs["grad_checkpointing"]
         if image_size is not None:

@@ -157,11 +157,11 @@ def _from_export(folder: Path) -> tuple[VisionTransformer, dict[str, Any], Path]
     if isinstance(size, (list, tuple)):
         kwargs["img_size"] = int(size[0])
     encoder = VisionTransformer(**kwargs)
-    load_strict(encoder, _read_state(path), path)
+    load_strict(encoder, read_state(path), path)
     return encoder, {"kind": "export", "name": config.get("architecture")}, path
 
 
-def _read_state(path: Path) -> dict[str, Tensor]:
+def read_state(path: Path) -> dict[str, Tensor]:
     """A bare state dict from ``.safetensors`` or a torch file (UserError when unreadable)."""
     if path.suffix == ".safetensors":
         try:
@@ -201,7 +201,7 @@ def load_encoder(weights: str | Path) -> tuple[VisionTransformer, dict[str, Any]
     elif not path.is_file():
         raise UserError(f"weights {weights} do not exist; pass a run folder, a .pt/.pth/.safetensors file or an export folder")
     if path.suffix == ".safetensors":
-        return _finish(_encoder_from_state(_read_state(path), path), {"kind": "state_dict", "name": None}, path, None)
+        return _finish(_encoder_from_state(read_state(path), path), {"kind": "state_dict", "name": None}, path, None)
     ckpt = load_checkpoint(path)
     if isinstance(ckpt.get("model"), dict) and "arch" in ckpt:
         encoder, info = _from_pretraining(ckpt, path)
