@@ -291,7 +291,14 @@ class LogConfig:
     every_steps: int = 20
     recon_every_epochs: int = 1
     tensorboard: bool = True
-    progress: bool = True
+    progress: bool = True  # progress bar / status lines (the same as --quiet when false)
+    # Weights & Biases (pip install 'mixedae[wandb]'), rank 0, beside metrics.jsonl and TensorBoard; a resumed
+    # run continues the same W&B run (its id is kept in <run>/wandb_id.txt); files go to <run>/wandb/.
+    wandb: bool = False
+    wandb_project: str = "mixedae"
+    wandb_run: Optional[str] = None  # the W&B run name; None: the run folder's name
+    wandb_entity: Optional[str] = None  # None: your default entity
+    wandb_mode: Optional[typing.Literal["online", "offline", "disabled"]] = None  # None: wandb's own (WANDB_MODE)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from .checkpoint import (FORMAT_VERSION, BatchLayout, gather_rng_states, load_re
                          set_rng_state)
 from .init_from import init_model
 from .inputs import InputPipeline
-from .logger import MetricsLogger
+from .logger import MetricsLogger, WandbSink, import_wandb
 from .optim import build_optimizer, ensure_fused, step_if_finite
 from .sampling import GlobalBatchSampler, step_noise
 
@@ -96,6 +96,8 @@ class Pretrainer:
         self.device = dist_info.device
         self.run_dir = Path(cfg.output_dir)
         self.resume_anyway = resume_anyway
+        if cfg.log.wandb:
+            import_wandb()  # missing: one line now, not after the data is ready
         self.resume_path = decide_on_main(lambda: resolve_resume(resume, self.run_dir))
         resume_ckpt = load_resume_checkpoint(self.resume_path) if self.resume_path else None
 
@@ -359,7 +361,10 @@ class Pretrainer:
             )
             print(f"precision {describe_precision(self.requested_precision, tc.precision, self.device)} | input: "
                   f"{self.inputs.describe()}" + (" | torch.compile" if tc.compile else ""), file=sys.stderr)
-            self.logger = MetricsLogger(self.run_dir, tensorboard=cfg.log.tensorboard, start_step=self.step)
+            lc = cfg.log
+            wandb = WandbSink(self.run_dir, to_dict(cfg), lc.wandb_project, lc.wandb_run, lc.wandb_entity,
+                              lc.wandb_mode) if lc.wandb else None
+            self.logger = MetricsLogger(self.run_dir, tensorboard=lc.tensorboard, start_step=self.step, wandb=wandb)
         start_time, start_step, last = time.time(), self.step, {}
         while self.step < self.last_step:
             epoch = self.step // self.steps_per_epoch
@@ -371,6 +376,7 @@ class Pretrainer:
             if main and finished and (next_epoch % cfg.log.recon_every_epochs == 0 or next_epoch == tc.epochs):
                 for hook in self.hooks:
                     hook(self.model, next_epoch, self.run_dir)
+                self.logger.image("recon", self.run_dir / "recon" / f"epoch-{next_epoch}.png", self.step)
         elapsed = time.time() - start_time
         images_seen = (self.step - start_step) * self.eff_batch
         results = {
