@@ -9,9 +9,13 @@ The public API, imported lazily (``import mixedae`` loads no model, dataset or p
     mixedae.knn("runs/nb", "synthetic")                     # also linprobe, finetune, segprobe, segfinetune, transfer
     encoder, info = mixedae.load_encoder("runs/nb")         # a timm-named ViT
     mixedae.export_encoder(encoder, "export/", format="hf")
+    mixedae.plot_reconstruction("runs/nb")["figure"]        # a matplotlib Figure (Jupyter shows it)
+    mixedae.plot_curves(["runs/nb"])                        # also plot_attention; report(runs, "report.html")
+    mixedae.run_study("configs/study/smoke.yaml", "runs/smoke")  # the ablation table (`mixedae study`)
 
 Every evaluation takes ``(weights, data, *, overrides=[...], output_dir=...)`` and returns the dict it writes
-as ``results.json``.
+as ``results.json``. Every figure function returns the Figure when no ``path`` is given, else saves the PNG
+there and returns the path.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ _API = {
     "segfinetune": ("mixedae.eval.segfinetune", "run_segfinetune"),
     "transfer": ("mixedae.eval.transfer", "run_transfer"),
     "export_encoder": ("mixedae.export", "export_encoder"),
+    "run_study": ("mixedae.api", "run_study"),  # (mixedae.study is the subpackage)
+    "plot_reconstruction": ("mixedae.viz.plots", "plot_reconstruction"),
+    "plot_attention": ("mixedae.viz.plots", "plot_attention"),
+    "plot_curves": ("mixedae.viz.report", "plot_curves"),
+    "report": ("mixedae.viz.report", "build_report"),
 }
 __all__ = ["__version__", *_API]
 

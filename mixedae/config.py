@@ -309,6 +309,9 @@ class CheckpointConfig:
 
 @dataclass
 class PretrainConfig:
+    """The whole pre-training configuration: what ``mixedae pretrain`` resolves from a YAML preset and
+    ``key=value`` overrides and saves as ``<run>/config.yaml`` (see :func:`load_config`)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..config import PretrainConfig, load_config
 from ..errors import UserError
@@ -29,32 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def recon_hook(cfg: PretrainConfig):
-    """Epoch hook writing ``recon/epoch-<n>.png`` from a fixed batch of held-out images."""
-    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from ..viz.recon import reconstruction_figure
-    from ..viz.samples import held_out_images
-
-    state: dict = {}
-
-    def hook(model, epoch: int, run_dir: Path) -> None:
-        if "imgs" not in state:
-            g = model.group_size
-            opts = dict(image_size=model.encoder.img_size, num_samples=cfg.data.num_samples, seed=cfg.data.seed)
-            count = 2 * g if g > 1 else 8
-            imgs = held_out_images(cfg.data.spec, count, **opts)[0]
-            if len(imgs) < g:  # a tiny hold-out split: show training images instead
-                imgs = held_out_images(cfg.data.spec, count, split="train", **opts)[0]
-            state["imgs"] = imgs[: len(imgs) - len(imgs) % g]
-        device = next(model.parameters()).device
-        reconstruction_figure(model, state["imgs"].to(device), run_dir / "recon" / f"epoch-{epoch}.png",
-                              IMAGENET_MEAN, IMAGENET_STD)
-
-    return hook
-
-
 def run(args: argparse.Namespace) -> int:
     from ..engine.pretrain import pretrain
+    from ..viz.recon import recon_hook
 
     extra: dict = {}
     if args.data:

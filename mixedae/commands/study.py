@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..study import load_plan, run_study
-    from .pretrain import recon_hook
+    from ..viz.recon import recon_hook
 
     plan = load_plan(args.plan, data=args.data, overrides=args.overrides)
     out = Path(args.output_dir or Path("runs") / "study" / plan.name)

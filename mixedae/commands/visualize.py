@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import DataConfig, load_config
-from ..errors import UserError
 from .common import add_overrides
 
 
@@ -50,48 +49,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_report)
 
 
-def _image_size(cfg: VisualizeConfig, model_size: int) -> int:
-    size = cfg.data.image_size
-    if size is not None and size != model_size:
-        raise UserError(f"data.image_size={size} but the model works on {model_size} px images; "
-                        f"drop the override or set data.image_size={model_size}")
-    return model_size
-
-
 def run_visualize(args: argparse.Namespace) -> int:
-    from ..data import IMAGENET_MEAN, IMAGENET_STD
     from ..io import atomic_write_json
-    from ..viz.samples import held_out_images
+    from ..viz.plots import plot_attention, plot_reconstruction
 
     cfg = load_config(VisualizeConfig, None, args.overrides, {"data": {"spec": args.data}})
     out = Path(args.out)
+    common = dict(num_images=args.num_images, path=out, num_samples=cfg.data.num_samples, data_seed=cfg.data.seed,
+                  image_size=cfg.data.image_size)
     if args.kind == "recon":
-        from ..viz.recon import draw_reconstruction, load_pretraining_model, reconstruct
-
-        model, arch = load_pretraining_model(args.weights)
-        g = model.group_size
-        if args.num_images % g:
-            raise UserError(f"--num-images {args.num_images} is not a multiple of the group size G={g} of "
-                            f"{arch['name']}; use a multiple of {g}")
-        imgs, _ = held_out_images(cfg.data.spec, args.num_images, _image_size(cfg, model.encoder.img_size),
-                                  cfg.data.num_samples, cfg.data.seed)
-        if len(imgs) % g:
-            raise UserError(f"the val split holds only {len(imgs)} images, not a multiple of G={g}; lower --num-images")
-        rec = reconstruct(model, imgs, seed=cfg.seed)
-        draw_reconstruction(rec, out, IMAGENET_MEAN, IMAGENET_STD)
-        numbers = {"kind": "recon", "model": arch["name"], "weights": str(args.weights), "num_images": len(imgs),
-                   "figure": str(out), "metrics": rec["metrics"]}
-        print("  ".join(f"{k}={v:.4f}" for k, v in rec["metrics"].items()) + f"  ({arch['name']}, {len(imgs)} images)")
+        numbers = plot_reconstruction(args.weights, cfg.data.spec, seed=cfg.seed, **common)
+        print("  ".join(f"{k}={v:.4f}" for k, v in numbers["metrics"].items())
+              + f"  ({numbers['model']}, {numbers['num_images']} images)")
     else:
-        from ..export.weights import load_encoder
-        from ..viz.attention import attention_figure
-
-        encoder, _ = load_encoder(args.weights)
-        imgs, masks = held_out_images(cfg.data.spec, args.num_images, _image_size(cfg, encoder.img_size),
-                                      cfg.data.num_samples, cfg.data.seed)
-        numbers = {"kind": "attention", "weights": str(args.weights), "num_images": len(imgs),
-                   **attention_figure(encoder, imgs, out, IMAGENET_MEAN, IMAGENET_STD, masks=masks)}
-        if masks is not None:
+        numbers = plot_attention(args.weights, cfg.data.spec, **common)
+        if "per_image" in numbers:
             print("attention mass on objects: " + " ".join(f"{v:.3f}" for v in numbers["per_image"])
                   + f"  mean {numbers['mean']:.4f}")
     atomic_write_json(numbers, out.with_suffix(".json"))

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..models import VisionTransformer
 from ..models.patches import patchify
-from .figures import panel_grid, save_png, show, to_display
+from .figures import finish, panel_grid, show, to_display
 
 OVERLAY_ALPHA = 0.55
 
@@ -77,16 +77,17 @@ def object_attention_mass(attention: Tensor, masks: Union[Tensor, np.ndarray], p
     return (attention.float().cpu() * coverage).sum(dim=-1)
 
 
-def attention_figure(encoder: VisionTransformer, imgs: Tensor, path: Union[str, Path], mean: Sequence[float],
+def attention_figure(encoder: VisionTransformer, imgs: Tensor, path: Optional[Union[str, Path]], mean: Sequence[float],
                      std: Sequence[float], masks: Optional[Union[Tensor, np.ndarray]] = None) -> dict[str, Any]:
-    """Save a PNG of the images (top row) and their cls attention maps overlaid (bottom row).
+    """The images (top row) and their cls attention maps overlaid (bottom row), saved as PNG at ``path``
+    (or kept as a Figure when ``path`` is None).
 
     Args:
         encoder: the ViT (run with ordinary attention, eval mode; its training flag is restored).
         imgs: ``[N, C, H, W]`` normalised images.
         masks: optional ``[N, H, W]`` object masks (non-zero = object); outlined on the overlays.
     Returns:
-        ``{"figure": path}``, plus with masks ``"per_image"`` (N attention masses on objects) and their
+        ``{"figure": path}`` (the Figure without a path), plus with masks ``"per_image"`` (N attention masses on objects) and their
         ``"mean"``.
     """
     attention = cls_attention(encoder, imgs).cpu()  # [N, L]
@@ -96,7 +97,7 @@ def attention_figure(encoder: VisionTransformer, imgs: Tensor, path: Union[str, 
     heat = heat[:, 0].numpy()
     heat = (heat - heat.min(axis=(1, 2), keepdims=True)) / np.ptp(heat, axis=(1, 2), keepdims=True).clip(1e-12)
     images = to_display(imgs, mean, std)
-    result: dict[str, Any] = {"figure": str(path)}
+    result: dict[str, Any] = {}
     mass = None
     if masks is not None:
         objects = object_pixels(masks).numpy()
@@ -109,5 +110,5 @@ def attention_figure(encoder: VisionTransformer, imgs: Tensor, path: Union[str, 
         axes[1, i].imshow(heat[i], cmap="jet", alpha=OVERLAY_ALPHA, interpolation="nearest")
         if masks is not None:
             axes[1, i].contour(objects[i], levels=[0.5], colors="white", linewidths=0.8)
-    save_png(fig, path)
-    return result
+    saved = finish(fig, path)
+    return {"figure": saved if path is None else str(saved), **result}

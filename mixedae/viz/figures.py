@@ -1,5 +1,5 @@
-"""Figure helpers shared by the visualisations: de-normalisation for display, a panel grid and an
-atomic PNG save.
+"""Figure helpers shared by the visualisations: de-normalisation for display, a panel grid, an atomic PNG
+save and the one return convention of every figure function (:func:`finish`).
 
 Figures are built with :class:`matplotlib.figure.Figure` (Agg canvas), never through ``pyplot``, so
 drawing touches no global matplotlib state and works in any process (training loops, headless servers).
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -61,3 +61,9 @@ def save_png(fig: Figure, path: str | Path) -> Path:
     data = png_bytes(fig)
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
     return path
+
+
+def finish(fig: Figure, path: Optional[str | Path]) -> Union[Figure, Path]:
+    """Every figure function's ending: with a ``path``, the figure saved there as PNG and the path returned;
+    without one (a notebook), the :class:`~matplotlib.figure.Figure` itself, unsaved (Jupyter shows it)."""
+    return fig if path is None else save_png(fig, path)

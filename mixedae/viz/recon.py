@@ -2,7 +2,7 @@
 
 :func:`reconstruct` runs the model once and pastes its predictions into images (in the model's
 normalised input space); :func:`draw_reconstruction` lays them out; :func:`reconstruction_figure` does
-both and is what the training engine calls every few epochs (``recon/epoch-<n>.png``).
+both, and :func:`recon_hook` calls it every few epochs of pre-training (``recon/epoch-<n>.png``).
 
 Pasting (MAE's visualisation, applied per source for mixing): a patch the model did not see is its
 prediction, a patch it saw is the input patch. With ``norm_pix_loss`` the prediction lives in
@@ -15,16 +15,19 @@ Shapes: ``B`` images, ``n = B/G`` groups, ``S`` mixed samples per group, ``L`` p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from ..config import PretrainConfig
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UserError
 from ..io import load_checkpoint
 from ..models import create_model
 from ..models.patches import denormalized_pixels, patchify, unpatchify
-from .figures import panel_grid, save_png, show, to_display
+from .figures import finish, panel_grid, show, to_display
 
 def pixel_prediction(pred: Tensor, target: Tensor, norm_pix: bool) -> Tensor:
     """Predictions in input pixel space: ``pred, target: [..., L, P]`` → ``[..., L, P]``.
@@ -82,8 +85,10 @@ def reconstruct(model: nn.Module, imgs: Tensor, seed: int = 0) -> dict[str, Any]
             "mixed": out["mixed"].float().cpu(), "recon": recon}
 
 
-def draw_reconstruction(rec: dict[str, Any], path: str | Path, mean: Sequence[float], std: Sequence[float]) -> Path:
-    """Lay out a :func:`reconstruct` result and save it as a PNG.
+def draw_reconstruction(rec: dict[str, Any], path: Optional[str | Path], mean: Sequence[float],
+                        std: Sequence[float]) -> Union[Figure, Path]:
+    """Lay out a :func:`reconstruct` result: saved as PNG at ``path`` (returns the path), or the Figure when
+    ``path`` is None (:func:`~mixedae.viz.figures.finish`).
 
     MAE: one row per image — original, masked input (hidden patches grey), reconstruction,
     reconstruction + visible. Mixing: per group a row of the ``G`` sources, then per mixed sample a row
@@ -99,7 +104,7 @@ def draw_reconstruction(rec: dict[str, Any], path: str | Path, mean: Sequence[fl
         for j, (title, images) in enumerate(columns):
             for i, image in enumerate(images):
                 show(axes[i, j], image, title if i == 0 else "")
-        return save_png(fig, path)
+        return finish(fig, path)
     sources, mixed, recon = (to_display(rec[k], mean, std) for k in ("sources", "mixed", "recon"))
     n, g = sources.shape[:2]
     s = mixed.shape[1]
@@ -112,12 +117,13 @@ def draw_reconstruction(rec: dict[str, Any], path: str | Path, mean: Sequence[fl
             show(axes[top + 1 + j, 0], mixed[k, j], "mixed input" if s == 1 else f"mixed {j + 1}")
             for i in range(g):
                 show(axes[top + 1 + j, 1 + i], recon[k, j, i], f"recon. {i + 1}")
-    return save_png(fig, path)
+    return finish(fig, path)
 
 
-def reconstruction_figure(model: nn.Module, imgs: Tensor, path: str | Path, mean: Sequence[float],
-                          std: Sequence[float]) -> Path:
-    """Run ``model`` once on ``imgs: [B, C, H, W]`` (normalised) and save the reconstruction PNG at ``path``.
+def reconstruction_figure(model: nn.Module, imgs: Tensor, path: Optional[str | Path], mean: Sequence[float],
+                          std: Sequence[float]) -> Union[Figure, Path]:
+    """Run ``model`` once on ``imgs: [B, C, H, W]`` (normalised) and save the reconstruction PNG at ``path``
+    (or return the Figure when ``path`` is None).
 
     Leaves the model's training flag and the global RNG stream as they were; see :func:`reconstruct`
     and :func:`draw_reconstruction`.
@@ -148,3 +154,27 @@ def load_pretraining_model(weights: str | Path) -> tuple[nn.Module, dict[str, An
         raise UserError(f"{path}: weights do not match model {arch['name']} "
                         f"({str(e).splitlines()[0][:160]}); the checkpoint is inconsistent") from None
     return model.eval(), arch
+
+
+def recon_hook(cfg: PretrainConfig) -> Callable[[nn.Module, int, Path], None]:
+    """The pre-training epoch hook writing ``recon/epoch-<n>.png`` from a fixed batch of held-out images of
+    ``cfg.data`` (2 groups for the mixing models, 8 images for MAE; training images if the hold-out split is
+    too small)."""
+    from .samples import held_out_images
+
+    state: dict = {}
+
+    def hook(model: nn.Module, epoch: int, run_dir: Path) -> None:
+        if "imgs" not in state:
+            g = model.group_size
+            opts = dict(image_size=model.encoder.img_size, num_samples=cfg.data.num_samples, seed=cfg.data.seed)
+            count = 2 * g if g > 1 else 8
+            imgs = held_out_images(cfg.data.spec, count, **opts)[0]
+            if len(imgs) < g:  # a tiny hold-out split: show training images instead
+                imgs = held_out_images(cfg.data.spec, count, split="train", **opts)[0]
+            state["imgs"] = imgs[: len(imgs) - len(imgs) % g]
+        device = next(model.parameters()).device
+        reconstruction_figure(model, state["imgs"].to(device), run_dir / "recon" / f"epoch-{epoch}.png",
+                              IMAGENET_MEAN, IMAGENET_STD)
+
+    return hook

@@ -22,7 +22,7 @@ import yaml
 
 from ..errors import UserError
 from ..io import atomic_write_json, atomic_write_text
-from .figures import png_bytes
+from .figures import finish, png_bytes
 
 CURVE_KEYS = ("loss", "recon", "homocon", "sampling_acc", "lr", "img_per_s")
 FINAL_KEYS = ("loss", "recon", "homocon", "sampling_acc")
@@ -133,8 +133,8 @@ def _x_axis(records: list[dict[str, Any]]) -> str:
     return "epoch" if all(isinstance(r.get("epoch"), (int, float)) for r in records) else "step"
 
 
-def curves_png(runs: Sequence[Run]) -> bytes:
-    """One panel per metric in :data:`CURVE_KEYS` that any run logged, one line per run."""
+def curves_figure(runs: Sequence[Run]):
+    """One panel per metric in :data:`CURVE_KEYS` that any run logged, one line per run (a Figure)."""
     from matplotlib.figure import Figure
 
     keys = [k for k in CURVE_KEYS if any(k in r for run in runs for r in run.records)]
@@ -159,7 +159,14 @@ def curves_png(runs: Sequence[Run]) -> bytes:
     if handles:
         fig.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    return png_bytes(fig)
+    return fig
+
+
+def plot_curves(run_dirs: Sequence[str | Path], path: Optional[str | Path] = None):
+    """The training curves of pre-training runs (loss, recon, HomoCon, sampling accuracy, ... over epochs), as
+    in ``mixedae report``: saved as PNG at ``path`` (returns the path) or the Figure when ``path`` is None."""
+    paths = [Path(d) for d in run_dirs]
+    return finish(curves_figure([load_run(p, name) for p, name in zip(paths, _names(paths))]), path)
 
 
 def _cell(value: Any) -> str:
@@ -195,7 +202,7 @@ def render_html(runs: Sequence[Run], summaries: Sequence[dict[str, Any]]) -> str
     if eval_keys:
         parts.append("<h2>Evaluations</h2>" + _table(["run", *eval_keys],
                                                      [[run.name, *(run.evals.get(k) for k in eval_keys)] for run in runs]))
-    parts.append("<h2>Training curves</h2>" + _img(curves_png(runs), "training curves"))
+    parts.append("<h2>Training curves</h2>" + _img(png_bytes(curves_figure(runs)), "training curves"))
     parts.append("<h2>Reconstructions (latest epoch)</h2>")
     for run in runs:
         parts.append(f"<h3>{html.escape(run.name)}</h3>")
