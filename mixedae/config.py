@@ -178,6 +178,7 @@ class ModelConfig:
     embed_dim: Optional[int] = None
     num_heads: Optional[int] = None
     patch_size: Optional[int] = None
+    in_chans: Optional[int] = None  # image channels (1 grey, 3 colour, N from .npy files); None: the preset's 3
     decoder_dim: Optional[int] = None
     decoder_depth: Optional[int] = None
     decoder_heads: Optional[int] = None
@@ -227,6 +228,11 @@ def available_workers() -> int:
 class DataConfig:
     spec: str = "synthetic"  # "synthetic", a directory, or a .tar/.tar.gz archive
     image_size: Optional[int] = None  # None: the model preset's
+    # Per-channel input normalisation (0-1 scale), one value per model.in_chans channel; None: ImageNet's for
+    # 3 channels, their RGB average for 1; other channel counts must set them. Saved with the run, used by
+    # every evaluation of its weights and written into every export's preprocessing config.
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
     num_samples: int = 5000  # synthetic scenes only
     seed: int = 0  # synthetic scenes / train-val split of unsplit folders
     num_workers: Optional[int] = None  # None: available_workers() (set when the config is built)

@@ -30,6 +30,7 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import UserError
+from .transforms import Picture
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,11 @@ class UnreadableImage(UserError):
         return type(self), (self.path, self.reason)
 
 
+NPY = ".npy"  # multi-channel images: uint8 arrays [H, W] or [H, W, C]
+
+
 def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMG_EXTENSIONS
+    return path.suffix.lower() in IMG_EXTENSIONS or path.suffix.lower() == NPY
 
 
 def _visible(names: list[str]) -> list[str]:
@@ -111,14 +115,26 @@ def detect_layout(root: Path) -> str:
 HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I")  # 16-bit grey PNG/TIFF (PIL's "I" holds them too)
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image fully (truncated files raise) and return it as RGB. 16-bit grey is scaled to
-    8 bits (``v / 257``); PIL's own conversion would clip every value above 255 to white."""
+GREY_MODES = ("1", "L", "LA", "La")
+
+
+def load_image(path: str | Path) -> Picture:
+    """Decode an image fully (truncated files raise), keeping whether it is grey or colour: a PIL image in
+    mode ``"L"`` (grey, also 1-bit and grey + alpha; 16-bit grey scaled to 8 bits, ``v / 257``, where PIL's own
+    conversion would clip every value above 255 to white) or ``"RGB"`` (colour: RGBA, palette, CMYK, ...);
+    a ``.npy`` file (uint8 ``[H, W]`` or ``[H, W, C]``) as a uint8 tensor ``[C, H, W]``. The transforms then
+    bring it to the model's channel count (:func:`~mixedae.data.transforms.to_channels`)."""
+    if Path(path).suffix.lower() == NPY:
+        array = np.load(path, allow_pickle=False)
+        if array.dtype != np.uint8 or array.ndim not in (2, 3):
+            raise UserError(f"{path}: a .npy image must be a uint8 array [H, W] or [H, W, C], got {array.dtype} "
+                            f"{list(array.shape)}; scale it to 0-255 and save it as uint8")
+        return torch.from_numpy(np.ascontiguousarray(array.reshape(*array.shape[:2], -1).transpose(2, 0, 1)))
     with Image.open(path) as image:
         if image.mode in HIGH_DEPTH_MODES:
             grey = np.clip(np.round(np.asarray(image, dtype=np.float64) / 257), 0, 255).astype(np.uint8)
-            return Image.fromarray(grey, "L").convert("RGB")
-        return image.convert("RGB")
+            return Image.fromarray(grey, "L")
+        return image.convert("L" if image.mode in GREY_MODES else "RGB")
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -127,7 +143,7 @@ class ImageFiles(torch.utils.data.Dataset):
     Args:
         samples: ``(path, target)`` pairs; target -1 for unlabeled images.
         classes: class names indexed by target (empty for unlabeled images).
-        transform: applied to the RGB PIL image by ``__getitem__``.
+        transform: applied to the decoded image (:func:`load_image`) by ``__getitem__``.
         source: where the images come from, for messages and ``describe()``.
         unreadable: ``"replace"``: a file that fails to decode is replaced by the next readable one
             (``(i + 1) % len``, then on), deterministically, so one corrupt JPEG cannot end a long run;
@@ -165,25 +181,25 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        """-> ``(image, target)``: ``transform(PIL RGB)`` (or the PIL image) and an int (-1: unlabeled)."""
+        """-> ``(image, target)``: ``transform(image)`` (or the decoded image) and an int (-1: unlabeled)."""
         image, target = self.load(index)
         return (self.transform(image) if self.transform is not None else image), target
 
-    def load(self, index: int) -> tuple[Image.Image, int]:
-        """The PIL RGB image and target of item ``index``, or (``"replace"``) of the next readable item."""
+    def load(self, index: int) -> tuple[Picture, int]:
+        """The decoded image and target of item ``index``, or (``"replace"``) of the next readable item."""
         n = len(self.samples)
         if not 0 <= index < n:
             raise IndexError(f"index {index} out of range for {n} images")
         if self.unreadable == "raise":
             path, target = self.samples[index]
             try:
-                return load_rgb(path), target
+                return load_image(path), target
             except UNREADABLE as e:
                 raise UnreadableImage(path, f"{type(e).__name__}: {e}") from None
         for step in range(n):
             path, target = self.samples[(index + step) % n]
             try:
-                return load_rgb(path), target
+                return load_image(path), target
             except UNREADABLE as e:
                 self._record_skip(path, e)
         raise UserError(f"none of the {n} images in {self.source or 'the dataset'} can be read; "
@@ -293,14 +309,14 @@ class SegmentationFolder(torch.utils.data.Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> tuple[Image.Image, np.ndarray]:
-        """-> ``(image, mask)``: PIL RGB and np.int64 [H, W]."""
+        """-> ``(image, mask)``: the decoded image (:func:`load_image`) and np.int64 [H, W]."""
         item = self.sample(index)
         return item["image"], item["mask"]
 
     def sample(self, index: int) -> dict:
-        """``{"image": PIL RGB, "mask": np.int64 [H, W]}`` for pair ``index`` (zero label reduced if asked)."""
+        """``{"image": decoded image, "mask": np.int64 [H, W]}`` for pair ``index`` (zero label reduced if asked)."""
         image_path, label_path = self.pairs[index]
-        image, mask = load_rgb(image_path), read_label(label_path)
+        image, mask = load_image(image_path), read_label(label_path)
         if mask.shape != (image.height, image.width):
             raise UserError(f"{label_path} is {mask.shape[1]}x{mask.shape[0]} but {image_path} is "
                             f"{image.width}x{image.height}; labels must match their image's size")

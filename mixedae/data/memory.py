@@ -1,4 +1,4 @@
-"""Small training sets decoded once into one uint8 tensor ``[N, 3, H, W]`` held in memory.
+"""Small training sets decoded once into one uint8 tensor ``[N, C, H, W]`` held in memory.
 
 Decoding a 32 px JPEG costs about as much as augmenting it, so for a data set like CIFAR-10 (50k
 images, 150 MiB of pixels) decoding every image once at start-up instead of once per epoch removes
@@ -46,29 +46,31 @@ def common_size(dataset: Dataset) -> Optional[tuple[int, int]]:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def decoded_mib(dataset: Dataset, size: tuple[int, int]) -> float:
+def decoded_mib(dataset: Dataset, size: tuple[int, int], channels: int = 3) -> float:
     """MiB of uint8 pixels of all of ``dataset``'s images at ``size``."""
-    return len(dataset) * 3 * size[0] * size[1] / 2**20
+    return len(dataset) * channels * size[0] * size[1] / 2**20
 
 
 class _Uint8Images(Dataset):
-    """``dataset[i] = (PIL image, ...)`` -> ``(i, uint8 [3, H, W])``."""
+    """``dataset[i] = (decoded image, ...)`` -> ``(i, uint8 [C, H, W])``."""
 
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: Dataset, channels: int) -> None:
+        self.dataset, self.channels = dataset, channels
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[int, Tensor]:
-        return index, to_uint8(self.dataset[index][0])
+        return index, to_uint8(self.dataset[index][0], self.channels)
 
 
-def decode_all(dataset: Dataset, size: tuple[int, int], num_workers: int, progress: bool) -> Optional[Tensor]:
-    """Every image of ``dataset`` (items ``(PIL image, target)``) as uint8 ``[N, 3, H, W]``, decoded by
-    ``num_workers`` DataLoader workers; None as soon as an image is not ``size`` (the caller streams)."""
-    pixels = torch.empty(len(dataset), 3, *size, dtype=torch.uint8)
-    loader = DataLoader(_Uint8Images(dataset), batch_size=DECODE_BATCH, num_workers=num_workers,
+def decode_all(dataset: Dataset, size: tuple[int, int], num_workers: int, progress: bool,
+               channels: int = 3) -> Optional[Tensor]:
+    """Every image of ``dataset`` (items ``(decoded image, target)``) as uint8 ``[N, C, H, W]`` with
+    ``channels`` channels, decoded by ``num_workers`` DataLoader workers; None as soon as an image is not
+    ``size`` (the caller streams)."""
+    pixels = torch.empty(len(dataset), channels, *size, dtype=torch.uint8)
+    loader = DataLoader(_Uint8Images(dataset, channels), batch_size=DECODE_BATCH, num_workers=num_workers,
                         collate_fn=list)
     with progress_display(total=len(dataset), desc="decoding images into memory", enabled=progress) as bar:
         for items in loader:

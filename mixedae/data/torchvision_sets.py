@@ -7,8 +7,9 @@ fails with one line saying where to put the files. The dataset is then written o
 (``$MIXEDAE_CACHE/datasets/<name>-<hash>/{train,val}/<class>/<index>.png``; ``val`` is the dataset's
 test split) through the same atomic, once-per-node build as archives, so every protocol, the
 in-memory fast path of pre-training and the feature caches see an ordinary ImageFolder tree.
-Grayscale datasets (MNIST, Fashion-MNIST) are stored as grayscale PNGs and, like every image, converted
-to RGB when read.
+Grayscale datasets (MNIST, Fashion-MNIST) are stored as grayscale PNGs and stay grey when read; the
+transforms convert them to the model's channel count (``model.in_chans``: 3 by default, so RGB; 1 keeps them
+grey).
 """
 
 from __future__ import annotations

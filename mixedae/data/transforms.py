@@ -13,12 +13,21 @@ apply them:
 
 Both give the same crop boxes and flips for the same generator and the same pixels up to rounding
 (PIL's fixed-point weights; see :func:`resized_crop_batch` for the order of the two passes).
+
+**Channels and statistics.** Every transform takes the input normalisation :class:`Stats` (per-channel mean
+and std in 0-1; its length is the channel count, ``model.in_chans``) and first brings each image to that
+many channels (:func:`to_channels`): greyscale and colour PIL images convert into each other (PIL's
+luminance for colour → grey); images with another channel count come from ``.npy`` files (uint8 ``[H, W, C]``)
+as uint8 tensors ``[C, H, W]`` and must have exactly ``C`` channels (one grey channel may be repeated).
+Defaults: ImageNet's statistics for 3 channels, their average over RGB for 1, and no default for others
+(:func:`resolve_stats`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -27,8 +36,102 @@ from torch import Tensor
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
+from ..errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+GREY_MEAN = (sum(IMAGENET_MEAN) / 3,)  # ImageNet's statistics averaged over RGB (timm does the same)
+GREY_STD = (sum(IMAGENET_STD) / 3,)
+
+Picture = Union[Image.Image, Tensor]  # a decoded image: PIL ("L" / "RGB") or uint8 [C, H, W] (from .npy)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Per-channel input normalisation ``(x / 255 - mean) / std``; ``len(mean)`` is the channel count."""
+
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+
+def resolve_stats(channels: int, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                  key: str = "data.") -> Stats:
+    """The :class:`Stats` of ``channels``-channel inputs: ``mean``/``std`` as given (one value per channel),
+    else ImageNet's (3 channels) or their RGB average (1 channel); other counts need them given."""
+    if mean is None and std is None:
+        if channels == 3:
+            return Stats()
+        if channels == 1:
+            return Stats(GREY_MEAN, GREY_STD)
+        raise UserError(f"{channels}-channel images need {key}mean and {key}std ({channels} values each, your "
+                        "data's per-channel statistics in 0-1), e.g. data.mean=[0.5,...] data.std=[0.25,...]")
+    if mean is None or std is None:
+        raise UserError(f"set both {key}mean and {key}std (one value per channel), or neither")
+    if len(mean) != channels or len(std) != channels:
+        raise UserError(f"{key}mean / {key}std have {len(mean)} / {len(std)} values but the images have {channels} "
+                        "channel(s); give one value per channel")
+    if any(s <= 0 for s in std):
+        raise UserError(f"{key}std must be > 0 for every channel, got {list(std)}")
+    return Stats(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+
+def image_hw(image: Picture) -> tuple[int, int]:
+    """``(height, width)`` of a PIL image or a ``[C, H, W]`` tensor."""
+    return (image.shape[-2], image.shape[-1]) if isinstance(image, Tensor) else (image.height, image.width)
+
+
+def to_channels(image: Picture, channels: int) -> Picture:
+    """``image`` with ``channels`` channels (rules in the module docstring); a mismatch is a UserError."""
+    if isinstance(image, Tensor):
+        if image.shape[0] == channels:
+            return image
+        if image.shape[0] == 1:
+            return image.expand(channels, -1, -1)
+        raise UserError(f"an image has {image.shape[0]} channels but the model takes {channels} (model.in_chans); "
+                        "use images with that many channels or change model.in_chans")
+    if channels == 1:
+        return image if image.mode == "L" else image.convert("L")
+    if channels == 3:
+        return image if image.mode == "RGB" else image.convert("RGB")
+    raise UserError(f"the model takes {channels} channels (model.in_chans) but a {image.mode} image has "
+                    f"{len(image.getbands())}; store {channels}-channel images as uint8 .npy arrays [H, W, {channels}]")
+
+
+def to_float(image: Picture, stats: Stats) -> Tensor:
+    """A ``stats.channels``-channel image → normalised float ``[C, H, W]`` (``ToTensor`` + ``Normalize``)."""
+    image = to_channels(image, stats.channels)
+    x = image.float().div(255.0) if isinstance(image, Tensor) else F.to_tensor(image)
+    return F.normalize(x, stats.mean, stats.std)
+
+
+class ToChannels:
+    """Transform: :func:`to_channels` (a class, so DataLoader workers can pickle it)."""
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+
+    def __call__(self, image: Picture) -> Picture:
+        return to_channels(image, self.channels)
+
+    def __repr__(self) -> str:  # part of the feature cache's key: stable, no object address
+        return f"ToChannels({self.channels})"
+
+
+class ToFloat:
+    """Transform: :func:`to_float` with fixed :class:`Stats`."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+
+    def __call__(self, image: Picture) -> Tensor:
+        return to_float(image, self.stats)
+
+    def __repr__(self) -> str:
+        return f"ToFloat(mean={list(self.stats.mean)}, std={list(self.stats.std)})"
 
 # Evaluation resizes to image_size / CROP_RATIO then centre-crops, for images larger than this.
 CROP_RATIO = 0.875
@@ -84,44 +187,48 @@ def random_crop_flip(height: int, width: int, generator: torch.Generator) -> Cro
     return CropFlip(top, left, h, w, flip)
 
 
-def _to_normalized_tensor() -> list:
-    return [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+def pretrain_transform(image_size: int, stats: Stats = Stats()) -> Callable[[Picture, torch.Generator], Tensor]:
+    """MAE pre-training augmentation of one image: ``(image, generator)`` -> float ``[C, S, S]``.
 
-
-def pretrain_transform(image_size: int) -> Callable[[Image.Image, torch.Generator], Tensor]:
-    """MAE pre-training augmentation of one PIL image: ``(image, generator)`` -> float ``[3, S, S]``.
-
-    Crop box and flip from :func:`random_crop_flip`; PIL bicubic resize of the crop (torchvision's
-    ``resized_crop``), flip, ImageNet normalisation.
+    Crop box and flip from :func:`random_crop_flip`; bicubic resize of the crop (torchvision's
+    ``resized_crop``: PIL's filter for PIL images, antialiased for tensors), flip, normalisation with ``stats``.
     """
-    size, normalize = [image_size, image_size], T.Compose(_to_normalized_tensor())
+    size = [image_size, image_size]
 
-    def transform(image: Image.Image, generator: torch.Generator) -> Tensor:
-        c = random_crop_flip(image.height, image.width, generator)
-        image = F.resized_crop(image, c.top, c.left, c.height, c.width, size, T.InterpolationMode.BICUBIC)
-        return normalize(F.hflip(image) if c.flip else image)
+    def transform(image: Picture, generator: torch.Generator) -> Tensor:
+        image = to_channels(image, stats.channels)
+        c = random_crop_flip(*image_hw(image), generator)
+        image = F.resized_crop(image, c.top, c.left, c.height, c.width, size, T.InterpolationMode.BICUBIC,
+                               antialias=True)
+        return to_float(F.hflip(image) if c.flip else image, stats)
 
     return transform
 
 
-def to_uint8(image: Image.Image) -> Tensor:
-    """PIL image -> uint8 ``[3, H, W]`` (RGB)."""
-    return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).contiguous()
+def to_uint8(image: Picture, channels: int = 3) -> Tensor:
+    """A decoded image -> uint8 ``[channels, H, W]`` (:func:`to_channels` first)."""
+    image = to_channels(image, channels)
+    if isinstance(image, Tensor):
+        return image.contiguous()
+    array = np.array(image, dtype=np.uint8)
+    return torch.from_numpy(array[..., None] if array.ndim == 2 else array).permute(2, 0, 1).contiguous()
 
 
-def pretrain_crop(image: Image.Image, generator: torch.Generator) -> tuple[Tensor, bool]:
+def pretrain_crop(image: Picture, generator: torch.Generator, channels: int = 3) -> tuple[Tensor, bool]:
     """The first half of the batched augmentation, per image (DataLoader workers): ``(image, generator)`` ->
-    the :func:`random_crop_flip` crop as uint8 ``[3, h, w]`` and its flip; :func:`resized_crop_batch` does the rest."""
-    c = random_crop_flip(image.height, image.width, generator)
-    return to_uint8(image.crop((c.left, c.top, c.left + c.width, c.top + c.height))), c.flip
+    the :func:`random_crop_flip` crop as uint8 ``[C, h, w]`` and its flip; :func:`resized_crop_batch` does the rest."""
+    c = random_crop_flip(*image_hw(image), generator)
+    if isinstance(image, Tensor):
+        return to_uint8(image[:, c.top:c.top + c.height, c.left:c.left + c.width], channels), c.flip
+    return to_uint8(image.crop((c.left, c.top, c.left + c.width, c.top + c.height)), channels), c.flip
 
 
 def pad_crops(items: list[tuple[Tensor, bool]]) -> tuple[Tensor, Tensor, Tensor]:
-    """Collate :func:`pretrain_crop` results: zero-padded uint8 ``[B, 3, h_max, w_max]``, boxes ``[B, 4]``
+    """Collate :func:`pretrain_crop` results: zero-padded uint8 ``[B, C, h_max, w_max]``, boxes ``[B, 4]``
     ``(0, 0, h, w)`` and flips ``[B]``, ready for :func:`resized_crop_batch`."""
     crops = [c for c, _ in items]
     height, width = max(c.shape[1] for c in crops), max(c.shape[2] for c in crops)
-    padded = torch.zeros(len(crops), 3, height, width, dtype=torch.uint8)
+    padded = torch.zeros(len(crops), crops[0].shape[0], height, width, dtype=torch.uint8)
     for out, crop in zip(padded, crops):
         out[:, : crop.shape[1], : crop.shape[2]] = crop
     boxes = torch.tensor([[0, 0, c.shape[1], c.shape[2]] for c in crops], dtype=torch.int64)
@@ -187,15 +294,15 @@ def resized_crop_batch(images: Tensor, boxes: Tensor, flips: Tensor, size: int) 
     return (rows[:, None] @ across).round_().clamp_(0.0, 255.0)  # [B, C, S, S]
 
 
-def normalize_batch(pixels: Tensor) -> Tensor:
-    """``[B, 3, H, W]`` pixel values in 0-255 -> ImageNet-normalised float (as ``ToTensor`` + ``Normalize``)."""
-    mean = pixels.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = pixels.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+def normalize_batch(pixels: Tensor, stats: Stats = Stats()) -> Tensor:
+    """``[B, C, H, W]`` pixel values in 0-255 -> normalised float (as ``ToTensor`` + ``Normalize``)."""
+    mean = pixels.new_tensor(stats.mean).view(1, -1, 1, 1)
+    std = pixels.new_tensor(stats.std).view(1, -1, 1, 1)
     return (pixels / 255.0 - mean) / std
 
 
-def eval_transform(image_size: int) -> T.Compose:
-    """Deterministic evaluation transform: PIL image -> float tensor [3, image_size, image_size].
+def eval_transform(image_size: int, stats: Stats = Stats()) -> T.Compose:
+    """Deterministic evaluation transform: image -> float tensor [C, image_size, image_size].
 
     Above 64 px the shorter side is resized (bicubic) to ``int(image_size / 0.875)`` and the centre
     cropped (the usual ImageNet protocol); at 64 px and below the shorter side is resized to
@@ -203,14 +310,15 @@ def eval_transform(image_size: int) -> T.Compose:
     """
     resize = int(image_size / CROP_RATIO) if image_size > SMALL_IMAGE else image_size
     return T.Compose([
-        T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
+        ToChannels(stats.channels),
+        T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
         T.CenterCrop(image_size),
-        *_to_normalized_tensor(),
+        ToFloat(stats),
     ])
 
 
-def denormalize(x: torch.Tensor) -> torch.Tensor:
-    """Undo the ImageNet normalisation for display: [..., 3, H, W] -> same shape in [0, 1] (clamped)."""
-    mean = x.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = x.new_tensor(IMAGENET_STD).view(3, 1, 1)
+def denormalize(x: torch.Tensor, stats: Stats = Stats()) -> torch.Tensor:
+    """Undo the normalisation for display: [..., C, H, W] -> same shape in [0, 1] (clamped)."""
+    mean = x.new_tensor(stats.mean).view(-1, 1, 1)
+    std = x.new_tensor(stats.std).view(-1, 1, 1)
     return (x * std + mean).clamp(0.0, 1.0)

@@ -23,6 +23,7 @@ code runs on CPU in the tests.
 
 from __future__ import annotations
 
+from functools import partial
 from itertools import islice
 from typing import Iterator, Optional
 
@@ -32,32 +33,35 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import DataConfig
 from ..data.memory import common_size, decode_all, decoded_mib
-from ..data.transforms import normalize_batch, pad_crops, pretrain_crop, pretrain_transform, resized_crop_batch
+from ..data.transforms import (Stats, normalize_batch, pad_crops, pretrain_crop, pretrain_transform,
+                               resized_crop_batch)
 from .sampling import GlobalBatchSampler, SeededAugmentation, seeded_crops
 
 PREFETCH = 4  # batches each DataLoader worker prepares ahead
 
 
 class InputPipeline:
-    """Micro-batches ``[b, 3, S, S]`` (float32, ImageNet-normalised, on ``device``) in ``sampler`` order.
+    """Micro-batches ``[b, C, S, S]`` (float32, normalised with ``stats``, on ``device``) in ``sampler`` order.
 
     Args:
-        dataset: items ``(PIL image, target)``.
+        dataset: items ``(decoded image, target)``.
         sampler: yields this rank's ``(epoch, index)`` keys, ``batch_size`` per micro-batch.
         data: ``num_workers``, ``in_memory_mb`` and ``augment`` (see the module docstring).
         image_size: output side ``S``.
         seed: augmentation seed.
         progress: show a progress bar while decoding into memory.
+        stats: input channels and normalisation.
     """
 
     def __init__(self, dataset: Dataset, sampler: GlobalBatchSampler, data: DataConfig, batch_size: int,
-                 image_size: int, seed: int, device: torch.device, progress: bool = False) -> None:
-        self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
+                 image_size: int, seed: int, device: torch.device, progress: bool = False,
+                 stats: Stats = Stats()) -> None:
+        self.dataset, self.sampler, self.batch_size, self.stats = dataset, sampler, batch_size, stats
         self.image_size, self.seed, self.device, self.workers = image_size, seed, device, data.num_workers
         self.pixels: Optional[Tensor] = None
         size = common_size(dataset) if data.augment != "pil" and data.in_memory_mb else None
-        if size is not None and decoded_mib(dataset, size) <= data.in_memory_mb:
-            self.pixels = decode_all(dataset, size, data.num_workers, progress)
+        if size is not None and decoded_mib(dataset, size, stats.channels) <= data.in_memory_mb:
+            self.pixels = decode_all(dataset, size, data.num_workers, progress, stats.channels)
         if self.pixels is not None:
             self.kind = "memory"
         elif data.augment == "batched" or (data.augment == "auto" and device.type == "cuda"):
@@ -81,7 +85,8 @@ class InputPipeline:
         self.sampler.set_start(start_micro)
         if self.kind == "memory":
             return self._memory_batches()
-        transform = pretrain_transform(self.image_size) if self.kind == "pil" else pretrain_crop
+        transform = pretrain_transform(self.image_size, self.stats) if self.kind == "pil" else \
+            partial(pretrain_crop, channels=self.stats.channels)
         loader = DataLoader(
             SeededAugmentation(self.dataset, transform, self.seed), batch_size=self.batch_size, sampler=self.sampler,
             num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=True,
@@ -98,6 +103,6 @@ class InputPipeline:
             yield self.augment(self.pixels[torch.tensor([index for _, index in chunk])], boxes, flips)
 
     def augment(self, pixels: Tensor, boxes: Tensor, flips: Tensor) -> Tensor:
-        """uint8 ``[b, 3, H, W]`` (host), crop boxes ``[b, 4]``, flips ``[b]`` -> normalised ``[b, 3, S, S]`` on the device."""
+        """uint8 ``[b, C, H, W]`` (host), crop boxes ``[b, 4]``, flips ``[b]`` -> normalised ``[b, C, S, S]`` on the device."""
         pixels = pixels.to(self.device, non_blocking=True)
-        return normalize_batch(resized_crop_batch(pixels, boxes, flips, self.image_size))
+        return normalize_batch(resized_crop_batch(pixels, boxes, flips, self.image_size), self.stats)

@@ -24,7 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..amp import autocast, check_precision, describe_precision, grad_scaler, resolve_precision
 from ..config import PretrainConfig, to_dict
-from ..data import build_dataset, describe_dataset
+from ..data import build_dataset, describe_dataset, resolve_stats
+from ..data.transforms import to_channels
 from ..distributed import (DistInfo, all_reduce_mean, all_reduce_min, barrier, cleanup_distributed, decide_on_main,
                            init_distributed)
 from ..errors import UserError
@@ -122,6 +123,7 @@ class Pretrainer:
         self.model.to(self.device)
         self.arch = {"name": cfg.model.name, "kwargs": kwargs}
         self.image_size = self.model.encoder.img_size
+        self.stats = resolve_stats(self.model.encoder.in_chans, cfg.data.mean, cfg.data.std)
         if tc.batch_size % self.model.group_size:
             g = self.model.group_size
             raise UserError(
@@ -132,6 +134,8 @@ class Pretrainer:
         self.dataset = build_dataset(
             cfg.data.spec, "train", image_size=self.image_size, num_samples=cfg.data.num_samples, seed=cfg.data.seed
         )
+        if len(self.dataset):  # images the model cannot take: one line now, not from a worker mid-epoch
+            to_channels(self.dataset[0][0], self.stats.channels)
         self.layout = BatchLayout(dist_info.world_size, tc.batch_size, tc.accum_steps)
         self.world_batch = tc.batch_size * dist_info.world_size
         self.eff_batch = self.layout.effective
@@ -157,7 +161,7 @@ class Pretrainer:
             self.steps_per_epoch * tc.accum_steps, seed=tc.seed,
         )
         self.inputs = InputPipeline(self.dataset, self.sampler, cfg.data, tc.batch_size, self.image_size, tc.seed,
-                                    self.device, progress=dist_info.is_main and cfg.log.progress)
+                                    self.device, progress=dist_info.is_main and cfg.log.progress, stats=self.stats)
         self.step = 0
         if resume_ckpt is not None:
             self._restore(resume_ckpt)

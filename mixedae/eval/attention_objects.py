@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..models import VisionTransformer
 from ..viz.attention import cls_attention, object_attention_mass, object_pixels
 from ..viz.samples import held_out_images
-from .common import ImageSampleConfig, load_eval_config, output_dirs, seed_everything, write_results
+from .common import ImageSampleConfig, input_stats, load_eval_config, output_dirs, seed_everything, write_results
 from ..export.weights import load_encoder
 
 
@@ -66,7 +66,7 @@ def run_attention_objects(weights: str | Path, data: str, *, overrides: Sequence
     out, _ = output_dirs(info, "attention", output_dir, cfg.cache_dir)
     start = time.time()
     imgs, masks = held_out_images(cfg.data.spec, cfg.num_images, cfg.image_size(encoder),
-                                  cfg.data.num_samples, cfg.data.seed)
+                                  cfg.data.num_samples, cfg.data.seed, stats=input_stats(cfg, encoder, info))
     if masks is None:
         raise UserError(f"{cfg.data.spec} has no object masks; the attention-on-objects measure needs the built-in "
                         "scenes: use data synthetic")

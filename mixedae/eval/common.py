@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..config import DataConfig, load_config, require_positive, to_dict
-from ..data import UnreadableImage, build_dataset, describe_dataset
+from ..data import Stats, UnreadableImage, build_dataset, describe_dataset, resolve_stats
 from ..errors import UserError
 from ..io import atomic_write_json
 from ..models import VisionTransformer
@@ -92,6 +92,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def input_stats(cfg: EvalConfig, encoder: VisionTransformer, info: dict[str, Any]) -> Stats:
+    """The input normalisation of an evaluation: ``data.mean`` / ``data.std`` when given, else the statistics
+    the weights were pre-trained with (``info`` from :func:`~mixedae.export.weights.load_encoder`), else the
+    defaults for the encoder's channel count (:func:`~mixedae.data.transforms.resolve_stats`)."""
+    given = cfg.data.mean is not None or cfg.data.std is not None
+    mean, std = (cfg.data.mean, cfg.data.std) if given else (info.get("mean"), info.get("std"))
+    return resolve_stats(encoder.in_chans, mean, std)
 
 
 def encoder_at_size(cfg: EvalConfig, encoder: VisionTransformer) -> tuple[VisionTransformer, int]:

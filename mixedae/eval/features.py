@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..amp import autocast, check_precision, resolve_precision
-from ..data import load_rgb
+from ..data import load_image
 from ..data.folders import UNREADABLE
 from ..data.transforms import eval_transform
 from ..distributed import resolve_device
@@ -43,7 +43,8 @@ from ..export.timm import to_timm
 from ..io import atomic_torch_save, load_checkpoint
 from ..models import VisionTransformer
 from ..progress import progress as progress_display
-from .common import (FROZEN_POLICY, MAX_LISTED_FILES, EvalConfig, data_summary, encoder_at_size, labelled_splits,
+from .common import (FROZEN_POLICY, MAX_LISTED_FILES, EvalConfig, data_summary, encoder_at_size, input_stats,
+                     labelled_splits,
                      readable_loader, unreadable_error)
 
 FeatureFn = Callable[[Tensor], dict[str, Tensor]]
@@ -122,7 +123,7 @@ def dropped_files(dataset: Dataset, features: dict[str, Tensor]) -> list[str]:
 
 def _decodes(path: str) -> bool:
     try:
-        load_rgb(path)
+        load_image(path)
         return True
     except UNREADABLE:
         return False
@@ -208,8 +209,9 @@ def labelled_features(encoder: VisionTransformer, info: dict[str, Any], cfg: Eva
     Returns ``(train, val, data summary)``; train/val hold ``cls``, ``patch_mean`` ``[N, D]`` and ``targets [N]``.
     The val split is read first, so an unreadable val image stops the run before the (larger) train split.
     """
+    stats = input_stats(cfg, encoder, info)
     encoder, size = encoder_at_size(cfg, encoder)
-    transform = eval_transform(size)
+    transform = eval_transform(size, stats)
     train, val = labelled_splits(cfg, size, transform, transform)
     device = resolve_device(cfg.device)
     feats = split_features(global_features(to_timm(encoder).to(device)), {"val": val, "train": train}, info, cfg,

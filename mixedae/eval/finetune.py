@@ -50,19 +50,21 @@ from timm.optim import create_optimizer_v2
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torchvision import transforms as T
 
 from ..amp import autocast, check_precision, grad_scaler, resolve_precision
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from ..data.transforms import Stats, ToChannels, eval_transform
 from ..distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
 from ..errors import UserError
 from ..export.timm import timm_architecture
+from ..export.weights import load_encoder
 from ..io import atomic_torch_save
 from ..models import VisionTransformer
 from ..progress import progress
 from ..schedule import cosine_lr, set_lr
-from .common import (FINETUNE_POLICY, EvalConfig, Unreadable, data_summary, encoder_at_size, labelled_splits,
-                     load_eval_config, output_dirs, readable_loader, seed_everything, unreadable_error, write_results)
-from ..export.weights import load_encoder
+from .common import (FINETUNE_POLICY, EvalConfig, Unreadable, data_summary, encoder_at_size, input_stats,
+                     labelled_splits, load_eval_config, output_dirs, readable_loader, seed_everything, unreadable_error,
+                     write_results)
 
 HEAD_KEYS = ["head.bias", "head.weight"]
 FC_NORM_KEYS = ["fc_norm.bias", "fc_norm.weight"]
@@ -103,19 +105,20 @@ def _posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
     return auto_augment.posterize(img, bits_to_keep, **kwargs)
 
 
-def train_transform(image_size: int, cfg: FinetuneConfig):
+def train_transform(image_size: int, cfg: FinetuneConfig, stats: Stats = Stats()):
     """timm's training transform (RandomResizedCrop, flip, RandAugment, normalise, random erasing).
 
-    PIL image → ``[3, S, S]``. Its posterize ops are routed through :func:`_posterize`, so magnitude 10
-    does not crash with Pillow >= 12.
+    Image → ``[C, S, S]`` (converted to ``stats.channels`` channels first; timm's augmentations work on PIL
+    images, so fine-tuning takes grey or colour images, not ``.npy`` ones). Its posterize ops are routed
+    through :func:`_posterize`, so magnitude 10 does not crash with Pillow >= 12.
     """
     transform = create_transform(image_size, is_training=True, auto_augment=cfg.auto_augment or None,
                                  re_prob=cfg.reprob, re_mode="pixel", re_count=1, interpolation="bicubic",
-                                 mean=IMAGENET_MEAN, std=IMAGENET_STD)
+                                 mean=stats.mean, std=stats.std)
     for op in (op for t in transform.transforms for op in getattr(t, "ops", ())):
         if op.aug_fn is auto_augment.posterize:
             op.aug_fn = _posterize
-    return transform
+    return T.Compose([ToChannels(stats.channels), *transform.transforms])
 
 
 def load_into_timm(model: nn.Module, encoder: VisionTransformer, copy_norm: bool = False) -> None:
@@ -261,8 +264,9 @@ def _prepare(cfg: FinetuneConfig, weights: str | Path, output_dir: Optional[str 
     """Everything before the first collective: weights, data, loaders, model (may raise UserError)."""
     encoder, info = load_encoder(weights)
     out, _ = output_dirs(info, "finetune", output_dir, cfg.cache_dir)
+    stats = input_stats(cfg, encoder, info)
     encoder, size = encoder_at_size(cfg, encoder)
-    train, val = labelled_splits(cfg, size, train_transform(size, cfg), eval_transform(size),
+    train, val = labelled_splits(cfg, size, train_transform(size, cfg, stats), eval_transform(size, stats),
                                  train_unreadable="replace")
     world = dist_info.world_size
     sampler = DistributedSampler(train, num_replicas=world, rank=dist_info.rank, shuffle=True, seed=cfg.seed,

@@ -24,7 +24,7 @@ from torch import Tensor
 from ..data import build_dataset, describe_dataset, eval_transform
 from ..distributed import resolve_device
 from ..models import VisionTransformer
-from .common import ImageSampleConfig, load_eval_config, output_dirs, seed_everything, write_results
+from .common import ImageSampleConfig, input_stats, load_eval_config, output_dirs, seed_everything, write_results
 from ..export.weights import load_encoder
 
 
@@ -59,7 +59,7 @@ def run_patch_cosine(weights: str | Path, data: str, *, overrides: Sequence[str]
     out, _ = output_dirs(info, "patch_cosine", output_dir, cfg.cache_dir)
     start = time.time()
     size = cfg.image_size(encoder)
-    ds = build_dataset(cfg.data.spec, "val", eval_transform(size), image_size=size,
+    ds = build_dataset(cfg.data.spec, "val", eval_transform(size, input_stats(cfg, encoder, info)), image_size=size,
                        num_samples=cfg.data.num_samples, seed=cfg.data.seed)
     count = min(cfg.num_images, len(ds))
     imgs = torch.stack([ds[i][0] for i in range(count)])

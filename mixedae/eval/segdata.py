@@ -29,14 +29,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision import transforms as T
 
-from ..data import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, build_segmentation_dataset, describe_dataset
+from ..data import IGNORE_INDEX, build_segmentation_dataset, describe_dataset
+from ..data.transforms import Stats, to_float
 from ..errors import UserError
 from .common import EvalConfig
 
 LONG_SIDE_FACTOR = 4  # mmseg's ADE20K scale (2048, 512): the long side is capped at 4 × the short side
-_NORMALIZE = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 @dataclass
@@ -76,6 +75,7 @@ class Geometry:
     crop: Literal["random", "center"] = "center"
     scale_range: tuple[float, float] = field(default=(1.0, 1.0))
     flip: bool = False
+    stats: Stats = Stats()  # input channels and normalisation
 
     @property
     def deterministic(self) -> bool:
@@ -88,13 +88,17 @@ class Geometry:
         return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def geometry(cfg: SegmentationConfig, window: int) -> Geometry:
-    """The geometry of ``cfg`` for ``window × window`` inputs."""
-    return Geometry(window, cfg.short_side or window, cfg.ignore_index, cfg.train_crop, tuple(cfg.scale_range), cfg.flip)
+def geometry(cfg: SegmentationConfig, window: int, stats: Stats = Stats()) -> Geometry:
+    """The geometry of ``cfg`` for ``window × window`` inputs normalised with ``stats``."""
+    return Geometry(window, cfg.short_side or window, cfg.ignore_index, cfg.train_crop, tuple(cfg.scale_range), cfg.flip,
+                    stats)
 
 
 def resize_pair(image: Image.Image, mask: Optional[np.ndarray], size: tuple[int, int]):
     """``image`` (bicubic) and ``mask`` (nearest) resized to ``size = (width, height)``; mask → int64 [H, W]."""
+    if not isinstance(image, Image.Image):
+        raise UserError("the segmentation protocols read grey or colour image files, not .npy arrays; "
+                        "convert the images or use the classification protocols")
     image = image.resize(size, Image.BICUBIC) if image.size != size else image
     if mask is None:
         return image, None
@@ -127,7 +131,7 @@ class SegmentationCrops(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         ratio = float(rng.uniform(*g.scale_range)) if g.scale_range[0] != g.scale_range[1] else g.scale_range[0]
         image, mask = resize_pair(item["image"], item["mask"], g.resized(*item["image"].size, ratio))
-        x = _NORMALIZE(image)
+        x = to_float(image, g.stats)
         top, left = (self._offset(x.shape[1], rng), self._offset(x.shape[2], rng))
         s = g.window
         x, mask = x[:, top:top + s, left:left + s], mask[top:top + s, left:left + s]
@@ -155,7 +159,7 @@ class SegmentationImages(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         item = self.base.sample(index)
         image, _ = resize_pair(item["image"], None, self.transform.resized(*item["image"].size))
-        return _NORMALIZE(image), torch.from_numpy(np.asarray(item["mask"], dtype=np.int64))
+        return to_float(image, self.transform.stats), torch.from_numpy(np.asarray(item["mask"], dtype=np.int64))
 
 
 def segmentation_splits(cfg: SegmentationConfig, window: int):

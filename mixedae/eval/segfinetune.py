@@ -40,7 +40,8 @@ from ..io import atomic_torch_save
 from ..models.segmentation import SegmentationModel, segmentation_model
 from ..progress import progress
 from ..schedule import cosine_lr, set_lr
-from .common import encoder_at_size, load_eval_config, output_dirs, seed_everything, weights_name, write_results
+from .common import (encoder_at_size, input_stats, load_eval_config, output_dirs, seed_everything, weights_name,
+                     write_results)
 from .finetune import finetune_optimizer
 from .metrics import segmentation_scores
 from .segdata import (SegmentationConfig, SegmentationCrops, SegmentationImages, check_labels, data_summary, geometry,
@@ -119,7 +120,7 @@ def run_segfinetune(weights: str | Path, data: str, *, overrides: Sequence[str] 
         raise UserError(f"head=fpn pools the {size // encoder.patch_size}x{size // encoder.patch_size} patch grid by 2; "
                         f"use data.image_size >= {2 * encoder.patch_size} or head=linear")
     train_base, val_base, num_classes = segmentation_splits(cfg, size)
-    geom = geometry(cfg, size)
+    geom = geometry(cfg, size, input_stats(cfg, encoder, info))
     train = SegmentationCrops(train_base, geom, cfg.seed)
     loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(cfg.seed), num_workers=cfg.data.num_workers)

@@ -38,7 +38,7 @@ from ..amp import resolve_precision
 from ..distributed import resolve_device
 from ..errors import UserError
 from ..export.timm import to_timm
-from .common import encoder_at_size, load_eval_config, output_dirs, seed_everything, write_results
+from .common import encoder_at_size, input_stats, load_eval_config, output_dirs, seed_everything, write_results
 from .features import patch_features, split_features, under_precision
 from .metrics import segmentation_scores
 from .probe import train_head, train_head_streamed
@@ -107,7 +107,7 @@ def run_segprobe(weights: str | Path, data: str, *, overrides: Sequence[str] = (
     start = time.time()
     encoder, size = encoder_at_size(cfg, encoder)
     train_base, val_base, num_classes = segmentation_splits(cfg, size)
-    geom = geometry(cfg, size)
+    geom = geometry(cfg, size, input_stats(cfg, encoder, info))
     train = SegmentationCrops(train_base, geom, cfg.seed)
     device = resolve_device(cfg.device)
     # every path extracts under the same resolved precision: split_features applies it to the cached

@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+from ..data.transforms import Stats, resolve_stats
 from ..errors import UserError
 from ..models import VisionTransformer
 from . import detectron2, hf, mmseg, timm
@@ -30,7 +31,8 @@ FORMATS = tuple(WRITERS)
 
 
 def export_encoder(encoder: VisionTransformer, out_dir: str | Path, format: str = "timm",
-                   image_size: Optional[int] = None, source: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                   image_size: Optional[int] = None, source: Optional[dict[str, Any]] = None,
+                   stats: Optional[Stats] = None) -> dict[str, Any]:
     """Write ``encoder`` to ``out_dir`` in ``format``, made for ``image_size`` px inputs.
 
     Args:
@@ -39,6 +41,8 @@ def export_encoder(encoder: VisionTransformer, out_dir: str | Path, format: str 
         image_size: the input size of the export (a multiple of the patch size; default the encoder's);
             the position embedding is resampled to it.
         source: ``load_encoder``'s info, recorded in the config.
+        stats: the input normalisation written into the format's preprocessing config; default the one
+            ``source`` names (the run's ``data.mean`` / ``data.std``), else the default for the channel count.
     Returns:
         ``{"format", "out_dir", "image_size", "model_args", "files", "config"}``.
     """
@@ -50,7 +54,9 @@ def export_encoder(encoder: VisionTransformer, out_dir: str | Path, format: str 
                         f"pass e.g. --image-size {max(1, round(size / encoder.patch_size)) * encoder.patch_size}")
     encoder = encoder.with_image_size(size).eval()
     out = Path(out_dir)
-    files, config = WRITERS[format](encoder, out, source)
+    if stats is None:
+        stats = resolve_stats(encoder.in_chans, (source or {}).get("mean"), (source or {}).get("std"))
+    files, config = WRITERS[format](encoder, out, source, stats)
     return {"format": format, "out_dir": str(out), "image_size": size, "model_args": encoder.timm_kwargs(),
             "files": [str(f) for f in files], "config": config}
 

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from torch import Tensor
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import Stats
 from ..io import atomic_torch_save, atomic_write_json
 from ..models import VisionTransformer
 from .common import plain_state, provenance
@@ -46,11 +46,12 @@ def backbone_args(encoder: VisionTransformer) -> dict[str, Any]:
             "qkv_bias": encoder.qkv_bias, "pretrain_img_size": encoder.img_size, "pretrain_use_cls_token": True}
 
 
-def write(encoder: VisionTransformer, out: Path, source: Optional[dict[str, Any]]) -> tuple[list[Path], dict]:
+def write(encoder: VisionTransformer, out: Path, source: Optional[dict[str, Any]],
+          stats: Stats = Stats()) -> tuple[list[Path], dict]:
     """Write ``backbone.pth`` (``{"model": ...}``) and ``export.json``; returns ``(files, config)``."""
     config = {"format": "detectron2", "checkpoint": CHECKPOINT, "image_size": encoder.img_size,
-              "backbone": backbone_args(encoder), "pixel_mean": [255 * m for m in IMAGENET_MEAN],
-              "pixel_std": [255 * s for s in IMAGENET_STD], "input_format": "RGB", "mixedae": provenance(source)}
+              "backbone": backbone_args(encoder), "pixel_mean": [255 * m for m in stats.mean],
+              "pixel_std": [255 * s for s in stats.std], "input_format": "L" if stats.channels == 1 else "RGB", "mixedae": provenance(source)}
     atomic_torch_save({"model": plain_state(to_detectron2_state(encoder))}, out / CHECKPOINT)
     atomic_write_json(config, out / CONFIG)
     return [out / CHECKPOINT, out / CONFIG], config

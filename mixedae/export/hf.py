@@ -32,7 +32,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import Stats
 from ..io import atomic_write_json
 from ..models import VisionTransformer
 from .common import provenance, save_safetensors
@@ -99,7 +99,7 @@ def hf_config(encoder: VisionTransformer, source: Optional[dict[str, Any]] = Non
     }
 
 
-def preprocessor_config(encoder: VisionTransformer) -> dict[str, Any]:
+def preprocessor_config(encoder: VisionTransformer, stats: Stats = Stats()) -> dict[str, Any]:
     """A ``ViTImageProcessor`` config: resize to the export size (bicubic), rescale, our mean / std."""
     return {
         "image_processor_type": "ViTImageProcessor",
@@ -109,15 +109,16 @@ def preprocessor_config(encoder: VisionTransformer) -> dict[str, Any]:
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
-        "image_mean": list(IMAGENET_MEAN),
-        "image_std": list(IMAGENET_STD),
+        "image_mean": list(stats.mean),
+        "image_std": list(stats.std),
     }
 
 
-def write(encoder: VisionTransformer, out: Path, source: Optional[dict[str, Any]]) -> tuple[list[Path], dict]:
+def write(encoder: VisionTransformer, out: Path, source: Optional[dict[str, Any]],
+          stats: Stats = Stats()) -> tuple[list[Path], dict]:
     """Write the transformers folder (weights first, ``config.json`` last); returns ``(files, config)``."""
     save_safetensors(to_hf_state(encoder), out / WEIGHTS)
-    atomic_write_json(preprocessor_config(encoder), out / PREPROCESSOR)
+    atomic_write_json(preprocessor_config(encoder, stats), out / PREPROCESSOR)
     config = hf_config(encoder, source)
     atomic_write_json(config, out / CONFIG)
     return [out / WEIGHTS, out / PREPROCESSOR, out / CONFIG], config

@@ -28,7 +28,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import Stats
 from ..io import atomic_torch_save, atomic_write_json
 from ..models import VisionTransformer
 from .common import plain_state, provenance
@@ -66,11 +66,12 @@ def backbone_args(encoder: VisionTransformer) -> dict[str, Any]:
             "norm_cfg": {"type": "LN", "eps": 1e-6}}
 
 
-def write(encoder: VisionTransformer, out: Path, source: Optional[dict[str, Any]]) -> tuple[list[Path], dict]:
+def write(encoder: VisionTransformer, out: Path, source: Optional[dict[str, Any]],
+          stats: Stats = Stats()) -> tuple[list[Path], dict]:
     """Write ``backbone.pth`` (``{"state_dict", "meta"}``) and ``export.json``; returns ``(files, config)``."""
     config = {"format": "mmseg", "checkpoint": CHECKPOINT, "image_size": encoder.img_size,
-              "backbone": backbone_args(encoder), "mean": [255 * m for m in IMAGENET_MEAN],
-              "std": [255 * s for s in IMAGENET_STD], "mixedae": provenance(source)}
+              "backbone": backbone_args(encoder), "mean": [255 * m for m in stats.mean],
+              "std": [255 * s for s in stats.std], "mixedae": provenance(source)}
     atomic_torch_save({"state_dict": plain_state(to_mmseg_state(encoder)),
                        "meta": {"source": "mixedae export", "image_size": encoder.img_size}}, out / CHECKPOINT)
     atomic_write_json(config, out / CONFIG)

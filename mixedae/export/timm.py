@@ -17,7 +17,7 @@ from typing import Any, Optional
 import timm
 from torch import nn
 
-from ..data.transforms import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, SMALL_IMAGE
+from ..data.transforms import CROP_RATIO, SMALL_IMAGE, Stats
 from ..io import atomic_torch_save, atomic_write_json
 from ..models import VisionTransformer
 from .common import plain_state, provenance, save_safetensors
@@ -50,7 +50,8 @@ def to_timm(encoder: VisionTransformer, **options: Any) -> nn.Module:
     return model.eval()
 
 
-def export_config(encoder: VisionTransformer, source: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def export_config(encoder: VisionTransformer, source: Optional[dict[str, Any]] = None,
+                  stats: Stats = Stats()) -> dict[str, Any]:
     """timm / Hugging Face-hub style ``config.json`` for an exported encoder (its input size included)."""
     size = encoder.img_size
     return {
@@ -59,16 +60,16 @@ def export_config(encoder: VisionTransformer, source: Optional[dict[str, Any]] =
         "num_features": encoder.embed_dim,
         "global_pool": "token",
         "model_args": encoder.timm_kwargs(),
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+        "mean": list(stats.mean),
+        "std": list(stats.std),
         "pretrained_cfg": {
             "input_size": [encoder.in_chans, size, size],
             "fixed_input_size": True,
             "interpolation": "bicubic",
             "crop_pct": CROP_RATIO if size > SMALL_IMAGE else 1.0,  # as mixedae.data.transforms.eval_transform
             "crop_mode": "center",
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
+            "mean": list(stats.mean),
+            "std": list(stats.std),
             "num_classes": 0,
             "first_conv": "patch_embed.proj",
             "classifier": "head",
@@ -78,11 +79,12 @@ def export_config(encoder: VisionTransformer, source: Optional[dict[str, Any]] =
     }
 
 
-def write(encoder: VisionTransformer, out: Path, source: Optional[dict[str, Any]]) -> tuple[list[Path], dict]:
+def write(encoder: VisionTransformer, out: Path, source: Optional[dict[str, Any]],
+          stats: Stats = Stats()) -> tuple[list[Path], dict]:
     """Write the timm folder (weights first, ``config.json`` last); returns ``(files, config)``."""
     state = plain_state(encoder.state_dict())
     save_safetensors(state, out / WEIGHTS[0])
     atomic_torch_save(state, out / WEIGHTS[1])
-    config = export_config(encoder, source)
+    config = export_config(encoder, source, stats)
     atomic_write_json(config, out / CONFIG)
     return [out / WEIGHTS[0], out / WEIGHTS[1], out / CONFIG], config

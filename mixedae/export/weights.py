@@ -128,7 +128,9 @@ def _from_pretraining(ckpt: dict[str, Any], path: Path) -> tuple[VisionTransform
         raise UserError(f"{path}: cannot rebuild model {arch['name']!r} ({e})") from None
     state = {k[len("encoder."):]: v for k, v in ckpt["model"].items() if k.startswith("encoder.")}
     load_strict(encoder, state, path)
-    return encoder, {"kind": "checkpoint", "name": arch["name"], "epoch": ckpt.get("epoch"), "step": ckpt.get("step")}
+    data = (ckpt.get("config") or {}).get("data") or {}
+    return encoder, {"kind": "checkpoint", "name": arch["name"], "epoch": ckpt.get("epoch"), "step": ckpt.get("step"),
+                     "mean": data.get("mean"), "std": data.get("std")}
 
 
 def _reexport_hint(folder: Path) -> str:
@@ -158,7 +160,8 @@ def _from_export(folder: Path) -> tuple[VisionTransformer, dict[str, Any], Path]
         kwargs["img_size"] = int(size[0])
     encoder = VisionTransformer(**kwargs)
     load_strict(encoder, read_state(path), path)
-    return encoder, {"kind": "export", "name": config.get("architecture")}, path
+    return encoder, {"kind": "export", "name": config.get("architecture"), "mean": config.get("mean"),
+                     "std": config.get("std")}, path
 
 
 def read_state(path: Path) -> dict[str, Tensor]:
@@ -180,6 +183,8 @@ def load_encoder(weights: str | Path) -> tuple[VisionTransformer, dict[str, Any]
     """The ViT encoder of ``weights`` (eval mode, CPU) and a description of where it came from.
 
     Returns ``(encoder, info)`` with info keys ``kind`` (``checkpoint`` | ``export`` | ``state_dict``),
+    ``mean`` / ``std`` (the input statistics the weights were trained with, from the run's config or the
+    export's; None when the file does not say: the defaults for ``encoder.in_chans`` then apply),
     ``path`` (the file read), ``name`` (preset / timm architecture / None), ``run_dir`` (the run folder
     or None), ``model_args`` (timm constructor arguments), ``fingerprint`` (content hash, the feature cache's
     identity), and for
@@ -216,6 +221,8 @@ def load_encoder(weights: str | Path) -> tuple[VisionTransformer, dict[str, Any]
 
 
 def _finish(encoder: VisionTransformer, info: dict, path: Path, run_dir: Optional[Path]):
+    info.setdefault("mean", None)
+    info.setdefault("std", None)
     info.update(path=str(path), run_dir=str(run_dir) if run_dir else None, model_args=encoder.timm_kwargs(),
                 fingerprint=_fingerprint(encoder))
     return encoder.eval(), info

@@ -42,8 +42,12 @@ def panel_grid(rows: int, cols: int) -> tuple[Figure, np.ndarray]:
 
 
 def show(ax, image: np.ndarray, title: str = "") -> None:
-    """Draw an ``[H, W, C]`` image in [0, 1] with a small title."""
-    ax.imshow(image, interpolation="nearest")
+    """Draw an ``[H, W, C]`` image in [0, 1] with a small title: grey for one channel, its first three channels
+    as RGB for more than three (multispectral data has no one true display)."""
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(image[..., :3], interpolation="nearest")
     if title:
         ax.set_title(title, fontsize=8)
 

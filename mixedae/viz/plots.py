@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..data import resolve_stats
 from ..errors import UserError
 from .samples import held_out_images
 
@@ -39,12 +39,13 @@ def plot_reconstruction(weights: str | Path, data: str = "synthetic", *, num_ima
     if num_images % g:
         raise UserError(f"--num-images {num_images} is not a multiple of the group size G={g} of {arch['name']}; "
                         f"use a multiple of {g}")
+    stats = arch["stats"]
     imgs, _ = held_out_images(data, num_images, _check_size(image_size, model.encoder.img_size), num_samples,
-                              data_seed)
+                              data_seed, stats=stats)
     if len(imgs) % g:
         raise UserError(f"the val split holds only {len(imgs)} images, not a multiple of G={g}; lower --num-images")
     rec = reconstruct(model, imgs, seed=seed)
-    figure = draw_reconstruction(rec, path, IMAGENET_MEAN, IMAGENET_STD)
+    figure = draw_reconstruction(rec, path, stats.mean, stats.std)
     return {"kind": "recon", "model": arch["name"], "weights": str(weights), "num_images": len(imgs),
             "metrics": rec["metrics"], "figure": figure if path is None else str(figure)}
 
@@ -63,7 +64,9 @@ def plot_attention(weights: str | Path, data: str = "synthetic", *, num_images: 
     from ..export.weights import load_encoder
     from .attention import attention_figure
 
-    encoder, _ = load_encoder(weights)
-    imgs, masks = held_out_images(data, num_images, _check_size(image_size, encoder.img_size), num_samples, data_seed)
+    encoder, info = load_encoder(weights)
+    stats = resolve_stats(encoder.in_chans, info["mean"], info["std"])
+    imgs, masks = held_out_images(data, num_images, _check_size(image_size, encoder.img_size), num_samples, data_seed,
+                                  stats=stats)
     return {"kind": "attention", "weights": str(weights), "num_images": len(imgs),
-            **attention_figure(encoder, imgs, path, IMAGENET_MEAN, IMAGENET_STD, masks=masks)}
+            **attention_figure(encoder, imgs, path, stats.mean, stats.std, masks=masks)}

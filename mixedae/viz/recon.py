@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ..config import PretrainConfig
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import resolve_stats
 from ..errors import UserError
 from ..io import load_checkpoint
 from ..models import create_model
@@ -134,7 +134,8 @@ def reconstruction_figure(model: nn.Module, imgs: Tensor, path: Optional[str | P
 def load_pretraining_model(weights: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The full pre-training model (encoder + decoder) from a run folder or a pre-training checkpoint.
 
-    Returns the model (eval mode, CPU) and the checkpoint's ``arch`` (``{"name", "kwargs"}``).
+    Returns the model (eval mode, CPU) and the checkpoint's ``arch`` (``{"name", "kwargs"}``) with the run's
+    input statistics added (``stats``: :class:`~mixedae.data.transforms.Stats`).
     """
     path = Path(weights)
     if path.is_dir():
@@ -153,7 +154,9 @@ def load_pretraining_model(weights: str | Path) -> tuple[nn.Module, dict[str, An
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not match model {arch['name']} "
                         f"({str(e).splitlines()[0][:160]}); the checkpoint is inconsistent") from None
-    return model.eval(), arch
+    data = (ckpt.get("config") or {}).get("data") or {}
+    stats = resolve_stats(model.encoder.in_chans, data.get("mean"), data.get("std"))
+    return model.eval(), {**arch, "stats": stats}
 
 
 def recon_hook(cfg: PretrainConfig) -> Callable[[nn.Module, int, Path], None]:
@@ -167,7 +170,9 @@ def recon_hook(cfg: PretrainConfig) -> Callable[[nn.Module, int, Path], None]:
     def hook(model: nn.Module, epoch: int, run_dir: Path) -> None:
         if "imgs" not in state:
             g = model.group_size
-            opts = dict(image_size=model.encoder.img_size, num_samples=cfg.data.num_samples, seed=cfg.data.seed)
+            state["stats"] = stats = resolve_stats(model.encoder.in_chans, cfg.data.mean, cfg.data.std)
+            opts = dict(image_size=model.encoder.img_size, num_samples=cfg.data.num_samples, seed=cfg.data.seed,
+                        stats=stats)
             count = 2 * g if g > 1 else 8
             imgs = held_out_images(cfg.data.spec, count, **opts)[0]
             if len(imgs) < g:  # a tiny hold-out split: show training images instead
@@ -175,6 +180,6 @@ def recon_hook(cfg: PretrainConfig) -> Callable[[nn.Module, int, Path], None]:
             state["imgs"] = imgs[: len(imgs) - len(imgs) % g]
         device = next(model.parameters()).device
         reconstruction_figure(model, state["imgs"].to(device), run_dir / "recon" / f"epoch-{epoch}.png",
-                              IMAGENET_MEAN, IMAGENET_STD)
+                              state["stats"].mean, state["stats"].std)
 
     return hook

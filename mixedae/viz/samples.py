@@ -8,20 +8,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import SyntheticScenes, build_dataset, eval_transform
+from ..data import Stats, SyntheticScenes, build_dataset, eval_transform
 from ..errors import UserError
 
 
 def held_out_images(spec: str, count: int, image_size: int, num_samples: int = 5000,
-                    seed: int = 0, split: str = "val") -> tuple[Tensor, Optional[np.ndarray]]:
+                    seed: int = 0, split: str = "val", stats: Stats = Stats()) -> tuple[Tensor, Optional[np.ndarray]]:
     """The first ``count`` images of a split (default ``val``) of a ``--data`` spec, evaluation transform.
 
-    Returns ``imgs: [N, C, H, W]`` (ImageNet-normalised, ``N = min(count, len(split))``) and, for the
+    Returns ``imgs: [N, C, H, W]`` (normalised with ``stats``, ``N = min(count, len(split))``) and, for the
     synthetic scenes, their object masks ``[N, H, W]`` (non-zero = object pixel), else None.
     """
     if count < 1:
         raise UserError(f"--num-images must be >= 1, got {count}")
-    transform = eval_transform(image_size)
+    transform = eval_transform(image_size, stats)
     ds = build_dataset(spec, split, transform, image_size=image_size, num_samples=num_samples, seed=seed)
     n = min(count, len(ds))
     if isinstance(ds, SyntheticScenes):

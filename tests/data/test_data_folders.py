@@ -8,7 +8,7 @@ from PIL import Image
 from torchvision.transforms import functional as F
 
 from mixedae.data import (ImageFiles, SegmentationFolder, SyntheticScenes, build_dataset, build_segmentation_dataset,
-                          describe_dataset, kind_of, load_rgb)
+                          describe_dataset, kind_of, load_image)
 from mixedae.data.folders import reduce_zero_label
 from mixedae.errors import UserError
 
@@ -110,7 +110,7 @@ def test_unreadable_files_are_skipped_counted_and_warned_once(tree_with_bad_file
     bad = sorted(tree_with_bad_files.glob("a/01*.jpg"))
     for path in bad:
         with pytest.raises(OSError):
-            load_rgb(path)
+            load_image(path)
     ds = ImageFiles([(p, 0) for p in sorted(tree_with_bad_files.rglob("*.*"))], ["x"], transform=F.to_tensor)
     paths = _paths(ds)
     expected = _expected_skips(paths, bad)
@@ -120,7 +120,7 @@ def test_unreadable_files_are_skipped_counted_and_warned_once(tree_with_bad_file
     assert expected == 3 and ds.num_skipped == 2 * expected
     assert len(caplog.records) == len(bad)
     first_bad = paths.index(str(bad[0]))
-    assert torch.equal(images[first_bad], F.to_tensor(load_rgb(paths[first_bad + 2])))
+    assert torch.equal(images[first_bad], F.to_tensor(load_image(paths[first_bad + 2])))
 
 
 @pytest.mark.slow

@@ -33,8 +33,8 @@ def test_output_shapes():
 
 
 def test_eval_resize_rule():
-    assert eval_transform(224).transforms[0].size == int(224 / 0.875)
-    assert eval_transform(64).transforms[0].size == 64
+    assert eval_transform(224).transforms[1].size == int(224 / 0.875)
+    assert eval_transform(64).transforms[1].size == 64
     # an image already at the target size passes through unchanged, apart from normalisation
     image = _image(32, 32)
     expected = F.normalize(F.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)

@@ -75,11 +75,11 @@ def test_mnist_root_round_trips_pixels_labels_and_splits(tmp_path):
     assert len(train) == 20 and len(val) == 10
     assert train.classes == tvd.MNIST.classes  # the dataset's own class names, in its order
     for (got, target), image, label in zip(pixels_and_labels(val), *data["t10k"]):
-        assert got.shape == (28, 28)  # stored as grayscale, converted to RGB only when read
+        assert got.shape == (28, 28)  # stored as grayscale
         np.testing.assert_array_equal(got, image)
         assert target == int(label)
-    image, _ = train[0]  # no transform: the PIL image the loaders see
-    assert image.mode == "RGB" and image.size == (28, 28)
+    image, _ = train[0]  # no transform: the PIL image the loaders see, still grey (the transforms pick channels)
+    assert image.mode == "L" and image.size == (28, 28)
 
 
 def test_cifar10_root_in_torchvision_format(tmp_path, monkeypatch):

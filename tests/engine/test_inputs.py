@@ -9,7 +9,7 @@ from PIL import Image
 
 from mixedae import config as config_module
 from mixedae.config import DataConfig, available_workers
-from mixedae.data import build_dataset, load_rgb
+from mixedae.data import build_dataset, load_image
 from mixedae.data.memory import common_size, decode_all
 from mixedae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mixedae.engine.inputs import InputPipeline
@@ -64,7 +64,7 @@ def test_decoding_into_memory_keeps_every_pixel(folder):
     pixels = decode_all(files, (12, 14), num_workers=1, progress=False)
     assert pixels.shape == (len(files), 3, 12, 14) and pixels.dtype == torch.uint8
     for i in (0, 7, len(files) - 1):
-        assert torch.equal(pixels[i], torch.from_numpy(np.array(load_rgb(files.samples[i][0]))).permute(2, 0, 1))
+        assert torch.equal(pixels[i], torch.from_numpy(np.array(load_image(files.samples[i][0]))).permute(2, 0, 1))
     assert decode_all(files, (14, 12), num_workers=0, progress=False) is None  # a wrong size is refused
 
 
