@@ -16,11 +16,11 @@ import sys
 from typing import Optional, Sequence
 
 from . import __version__
-from .commands import evaluate, pretrain, study, visualize
+from .commands import evaluate, pretrain, shard, study, visualize
 from .errors import UserError
 from .progress import set_quiet
 
-COMMAND_GROUPS = (pretrain, evaluate, visualize, study)
+COMMAND_GROUPS = (pretrain, evaluate, visualize, study, shard)
 ELSEWHERE = "or write somewhere else (--output-dir / --out)"
 FILESYSTEM_HINTS = {
     errno.ENOSPC: f"free some space {ELSEWHERE}", errno.EDQUOT: f"free some space {ELSEWHERE}",

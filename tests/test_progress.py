@@ -13,6 +13,8 @@ from mixedae import progress as progress_module
 from mixedae.cli import build_parser, main
 from mixedae.progress import StatusLines, progress
 
+from .data.test_shards import labelled_folder
+
 STATUS = re.compile(r"\d+(/\d+)?(it)? \[\d\d:\d\d")  # tqdm's meter: "12/40 [00:03<00:09" or "12it [00:03"
 
 
@@ -119,6 +121,7 @@ def commands(t: Path, run: Path) -> dict[str, tuple[list[str], bool]]:
         "report": (["report", str(run), "--out", f"{t}/report.html"], False),
         "study": (["study", str(Path(__file__).parents[1] / "configs/study/smoke.yaml"), "--rows", "random init",
                    "--output-dir", f"{t}/study"], False),
+        "shard": (["shard", str(run.parent / "images"), "--out", f"{t}/shards", "--shard-size", "4"], True),
     }
 
 
@@ -127,6 +130,7 @@ def tiny_run(tmp_path_factory) -> Path:
     """A real two-step pre-training run (report needs its metrics)."""
     run = tmp_path_factory.mktemp("progress") / "run"
     assert main(["pretrain", "--output-dir", str(run), *PRETRAIN, "--quiet"]) == 0
+    labelled_folder(run.parent / "images", per_class=4)  # for `shard`
     return run
 
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_overrides
+from .common import DATA_HELP, add_overrides
 
 WEIGHTS_HELP = "pre-training run folder, checkpoint (.pt/.pth/.safetensors), export folder or MAE-style checkpoint"
-DATA_HELP = "synthetic | DIR | ARCHIVE.tar[.gz] | cifar10:ROOT (torchvision: cifar10, cifar100, mnist, fashionmnist, stl10, svhn)"
 EXPORT_FORMATS = ("timm", "hf", "mmseg", "detectron2")  # mixedae.export.FORMATS (not imported: keeps --help fast)
 PROTOCOLS = {  # name: (short help, description, override example)
     "linprobe": ("linear probe on frozen cls features (BatchNorm + Linear, LARS)",

@@ -6,7 +6,7 @@ import argparse
 
 from ..config import PretrainConfig, load_config
 from ..errors import UserError
-from .common import add_overrides
+from .common import DATA_HELP, add_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "The same command runs under torchrun --nproc_per_node=N -m mixedae pretrain ...",
     )
     p.add_argument("--config", help="YAML preset, e.g. configs/pretrain/cifar10_mixedae_vit_tiny.yaml")
-    p.add_argument("--data", help="synthetic | DIR | ARCHIVE.tar[.gz] | cifar10:ROOT (torchvision: cifar10, cifar100, mnist, fashionmnist, stl10, svhn) (overrides data.spec)")
+    p.add_argument("--data", help=DATA_HELP + " (overrides data.spec)")
     p.add_argument("--output-dir", help="run folder (overrides output_dir)")
     p.add_argument("--resume", help="auto (continue <output-dir>/last.pt if present) | PATH; refused if the "
                    "effective batch, processes × train.batch_size or train.accum_steps differ from the checkpoint's")

@@ -6,7 +6,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from .common import add_overrides
+from .common import DATA_HELP, add_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("plan", metavar="PLAN.yaml", help="a plan, e.g. configs/study/quick.yaml")
     p.add_argument("--output-dir", help="study folder (default runs/study/<plan name>)")
-    p.add_argument("--data", help="pre-training + classification data: synthetic | DIR | ARCHIVE.tar[.gz] | cifar10:ROOT (torchvision: cifar10, cifar100, mnist, fashionmnist, stl10, svhn) "
-                                  "(overrides the plan's data)")
+    p.add_argument("--data", help="pre-training + classification data: " + DATA_HELP + " (overrides the plan's data)")
     p.add_argument("--rows", help="comma list of row names to train and evaluate now (default all; the table "
                                   "still lists every row)")
     add_overrides(p, "seeds=[0] budget.train.epochs=2 budget.train.precision=bf16")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import DataConfig, load_config
-from .common import add_overrides
+from .common import DATA_HELP, add_overrides
 
 
 @dataclass
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("kind", choices=("recon", "attention"))
     p.add_argument("--weights", required=True, help="run folder or checkpoint (attention: also an export folder "
                                                     "or an MAE-style checkpoint)")
-    p.add_argument("--data", required=True, help="synthetic | DIR | ARCHIVE.tar[.gz] | cifar10:ROOT (torchvision: cifar10, cifar100, mnist, fashionmnist, stl10, svhn); the val split is shown")
+    p.add_argument("--data", required=True, help=DATA_HELP + "; the val split is shown")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--num-images", type=int, default=8, help="images to show (mixing: a multiple of the group size)")
     add_overrides(p, "data.num_samples=200 seed=1")

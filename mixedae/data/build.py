@@ -22,6 +22,8 @@ from ..errors import UserError
 from .archives import extract_archive, is_archive
 from .folders import (IGNORE_INDEX, IMG_EXTENSIONS, ImageFiles, SegmentationFolder, class_folders, detect_layout,
                       list_images, reduce_zero_label, segmentation_split, split_folders, tree_root)
+from .shards import parse_spec as parse_shards
+from .shards import shard_dataset
 from .synthetic import SyntheticScenes
 from .torchvision_sets import parse_spec, torchvision_folder
 
@@ -55,8 +57,10 @@ def resolve_root(spec: str) -> Path:
 
 
 def kind_of(spec: str) -> str:
-    """``"synthetic"``, ``"imagefolder"``, ``"unlabeled"`` or ``"segmentation"`` (archives are extracted)."""
-    return SYNTHETIC if spec == SYNTHETIC else detect_layout(resolve_root(spec))
+    """``"synthetic"``, ``"shards"``, ``"imagefolder"``, ``"unlabeled"`` or ``"segmentation"`` (archives are extracted)."""
+    if spec == SYNTHETIC or parse_shards(spec) is not None:
+        return SYNTHETIC if spec == SYNTHETIC else "shards"
+    return detect_layout(resolve_root(spec))
 
 
 def _synthetic(split: str, transform: Optional[Callable], image_size: int, num_samples: int, seed: int,
@@ -123,7 +127,8 @@ def _nonempty(dataset: ImageFiles, split: str) -> ImageFiles:
 def build_dataset(spec: str, split: str = "train", transform: Optional[Callable] = None, *, image_size: int = 32,
                   num_samples: int = 5000, seed: int = 0, require_labels: bool = False,
                   val_samples: Optional[int] = None, unreadable: str = "replace") -> torch.utils.data.Dataset:
-    """Dataset for a ``--data`` spec: ``"synthetic"``, a directory, or a ``.tar``/``.tar.gz``/``.tgz``.
+    """Dataset for a ``--data`` spec: ``"synthetic"``, a directory, a ``.tar``/``.tar.gz``/``.tgz``, a torchvision
+    dataset (``cifar10:ROOT``) or a folder of WebDataset shards (``shards:DIR``, :mod:`mixedae.data.shards`).
 
     Items are ``(transform(PIL RGB image), target)``; target is -1 for unlabeled images.
 
@@ -141,6 +146,9 @@ def build_dataset(spec: str, split: str = "train", transform: Optional[Callable]
     _check_split(split)
     if spec == SYNTHETIC:
         return _synthetic(split, transform, image_size, num_samples, seed, val_samples)
+    shards = parse_shards(spec)
+    if shards is not None:
+        return shard_dataset(shards, split, transform, seed, require_labels, unreadable)
     root = resolve_root(spec)
     return _folder_dataset(root, detect_layout(root), split, transform, seed, require_labels, unreadable)
 
@@ -178,6 +186,9 @@ def build_segmentation_dataset(spec: str, split: str = "train", *, image_size: i
     if spec == SYNTHETIC:
         scenes = _synthetic(split, None, image_size, num_samples, seed, val_samples)
         return ZeroLabelReduced(scenes, ignore_index) if reduce_zero_label else scenes
+    if parse_shards(spec) is not None:
+        raise UserError(f"{spec}: shards hold images with class labels, not segmentation masks; pass a segmentation "
+                        "folder (images/ + annotations/) or its archive")
     root = resolve_root(spec)
     layout = detect_layout(root)
     if layout != "segmentation":

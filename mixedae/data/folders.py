@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import struct
 from pathlib import Path
-from typing import Callable, Literal, Optional, Sequence
+from typing import BinaryIO, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -118,13 +118,15 @@ HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I")  # 16-bit grey PNG/TIFF (PIL'
 GREY_MODES = ("1", "L", "LA", "La")
 
 
-def load_image(path: str | Path) -> Picture:
+def load_image(path: str | Path | BinaryIO, name: Optional[str] = None) -> Picture:
     """Decode an image fully (truncated files raise), keeping whether it is grey or colour: a PIL image in
     mode ``"L"`` (grey, also 1-bit and grey + alpha; 16-bit grey scaled to 8 bits, ``v / 257``, where PIL's own
     conversion would clip every value above 255 to white) or ``"RGB"`` (colour: RGBA, palette, CMYK, ...);
     a ``.npy`` file (uint8 ``[H, W]`` or ``[H, W, C]``) as a uint8 tensor ``[C, H, W]``. The transforms then
-    bring it to the model's channel count (:func:`~mixedae.data.transforms.to_channels`)."""
-    if Path(path).suffix.lower() == NPY:
+    bring it to the model's channel count (:func:`~mixedae.data.transforms.to_channels`).
+
+    ``path`` may also be an open binary file (a shard member), with its file ``name`` for the format."""
+    if Path(name or path).suffix.lower() == NPY:
         array = np.load(path, allow_pickle=False)
         if array.dtype != np.uint8 or array.ndim not in (2, 3):
             raise UserError(f"{path}: a .npy image must be a uint8 array [H, W] or [H, W, C], got {array.dtype} "
@@ -193,17 +195,26 @@ class ImageFiles(torch.utils.data.Dataset):
         if self.unreadable == "raise":
             path, target = self.samples[index]
             try:
-                return load_image(path), target
+                return self.read(path), target
             except UNREADABLE as e:
                 raise UnreadableImage(path, f"{type(e).__name__}: {e}") from None
         for step in range(n):
             path, target = self.samples[(index + step) % n]
             try:
-                return load_image(path), target
+                return self.read(path), target
             except UNREADABLE as e:
                 self._record_skip(path, e)
         raise UserError(f"none of the {n} images in {self.source or 'the dataset'} can be read; "
                         "check the files (see the warnings above)")
+
+    def open_file(self, path: str) -> str | BinaryIO:
+        """What :func:`load_image` / ``PIL.Image.open`` read for item ``path``: the path itself here (shard
+        datasets return the member's bytes)."""
+        return path
+
+    def read(self, path: str) -> Picture:
+        """Decode item ``path`` (:func:`load_image`)."""
+        return load_image(self.open_file(path), name=path)
 
     def _record_skip(self, path: str, error: Exception) -> None:
         with self._skips.get_lock():

@@ -39,7 +39,7 @@ def common_size(dataset: Dataset) -> Optional[tuple[int, int]]:
     sizes = set()
     for i in np.linspace(0, len(dataset) - 1, min(PROBE_FILES, len(dataset))).round().astype(int):
         try:
-            with Image.open(dataset.samples[i][0]) as image:
+            with Image.open(dataset.open_file(dataset.samples[i][0])) as image:
                 sizes.add(image.size[::-1])
         except UNREADABLE:
             continue

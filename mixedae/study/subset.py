@@ -1,5 +1,5 @@
-"""A class-stratified subset of a labelled image folder, as a tree of symlinks the protocols read
-like any ImageFolder: ``<folder>/{train,val}/<class>/<k>-<file name>``.
+"""A class-stratified subset of a labelled image folder (or labelled shards), as a tree of symlinks (copies of
+shard members) the protocols read like any ImageFolder: ``<folder>/{train,val}/<class>/<k>-<file name>``.
 
 Selection per split: the images are shuffled with ``numpy.random.default_rng([seed, split])`` and
 ordered by their rank within their class (ties by shuffled position), so the first ``count`` hold
@@ -68,7 +68,10 @@ def class_subset(spec: str, root: Path, train: Optional[int], val: Optional[int]
             path, target = ds.samples[index]
             link = folder / split / ds.classes[target] / f"{k:06d}-{Path(path).name}"
             link.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(os.path.abspath(path), link)
+            if Path(path).is_file():
+                os.symlink(os.path.abspath(path), link)
+            else:  # a shard member (shards:DIR): its bytes
+                link.write_bytes(ds.open_file(path).read())
         counts[split] = len(picked)
     atomic_write_json({"key": key, "counts": counts}, marker)
     return folder

@@ -140,12 +140,10 @@ def test_lr_is_blr_times_the_effective_batch_over_256(tmp_path, capsys):
     assert first["step"] == 1 and first["lr"] == pytest.approx(0.004, rel=1e-12)  # no warm-up: the peak lr
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", ["memory", "pil"])
-def test_sigkill_mid_run_then_resume_is_bit_exact(tmp_path, path):
-    # default precision (auto: bf16 on a CPU with native bf16): resuming is exact in any precision
-    args = [*TINY, "--data", "synthetic", "data.num_samples=256", "train.batch_size=8", "train.epochs=2",
-            "checkpoint.every_steps=1", "log.every_steps=1", "log.recon_every_epochs=100", *PATHS[path][0]]
+def assert_sigkill_then_resume_is_bit_exact(tmp_path: Path, args: list[str], steps: int, started: str) -> None:
+    """A reference run of ``args`` (``steps`` steps, checkpointing every step), and the same run SIGKILLed
+    after step 5 and resumed with ``--resume auto``: equal weights, each step logged once, and the resumed
+    start-up line holds ``started`` (the input path)."""
     ref = cli("pretrain", "--output-dir", str(tmp_path / "ref"), *args)
     assert ref.returncode == 0, ref.stderr[-2000:]
 
@@ -165,17 +163,26 @@ def test_sigkill_mid_run_then_resume_is_bit_exact(tmp_path, path):
     proc.wait()
     assert killed_at is not None, "the run finished before it could be killed; make it longer"
     saved = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["step"]
-    assert 5 <= saved < 64  # killed mid-run (before the last of 2 × 32 steps)
+    assert 5 <= saved < steps  # killed mid-run
 
     resumed = cli("pretrain", "--output-dir", str(run), "--resume", "auto", *args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resumed at step {saved}" in resumed.stderr and PATHS[path][1] in resumed.stderr
+    assert f"resumed at step {saved}" in resumed.stderr and started in resumed.stderr
     a, b = weights(tmp_path / "ref" / "last.pt"), weights(run / "last.pt")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r.get("kind") != "epoch"] == list(range(1, 65))  # each step once
+    assert [r["step"] for r in records if r.get("kind") != "epoch"] == list(range(1, steps + 1))  # each step once
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["memory", "pil"])
+def test_sigkill_mid_run_then_resume_is_bit_exact(tmp_path, path):
+    # default precision (auto: bf16 on a CPU with native bf16): resuming is exact in any precision
+    args = [*TINY, "--data", "synthetic", "data.num_samples=256", "train.batch_size=8", "train.epochs=2",
+            "checkpoint.every_steps=1", "log.every_steps=1", "log.recon_every_epochs=100", *PATHS[path][0]]
+    assert_sigkill_then_resume_is_bit_exact(tmp_path, args, 64, PATHS[path][1])  # 2 epochs × 32 steps
 
 
 @pytest.mark.parametrize("content", [b"PK\x03\x04 truncated zip", b"not a checkpoint at all"])
