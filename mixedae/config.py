@@ -171,24 +171,28 @@ def load_config(cls: type, path: Optional[str | Path] = None, overrides: list[st
 class ModelConfig:
     """Preset name plus optional overrides of its options (None: the preset's value)."""
 
+    # A model preset: {mae,mix,mixedae}_vit_{tiny,small,base,large}_patch16 or _{tiny,small}_patch4_32
     name: str = "mixedae_vit_tiny_patch4_32"
     mix_ratio: float = 0.25  # r = 1/G; MAE keeps r·L patches visible (mask ratio 1 − r)
-    norm_pix_loss: bool = True
-    depth: Optional[int] = None
-    embed_dim: Optional[int] = None
-    num_heads: Optional[int] = None
-    patch_size: Optional[int] = None
+    norm_pix_loss: bool = True  # reconstruct per-patch normalised pixels (MAE's default)
+    depth: Optional[int] = None  # encoder blocks; None: the preset's
+    embed_dim: Optional[int] = None  # encoder width D; None: the preset's
+    num_heads: Optional[int] = None  # encoder heads; None: the preset's
+    patch_size: Optional[int] = None  # patch side p; None: the preset's
     in_chans: Optional[int] = None  # image channels (1 grey, 3 colour, N from .npy files); None: the preset's 3
-    decoder_dim: Optional[int] = None
-    decoder_depth: Optional[int] = None
-    decoder_heads: Optional[int] = None
+    decoder_dim: Optional[int] = None  # decoder width; None: the preset's (512 for ViT-B/L, as MAE)
+    decoder_depth: Optional[int] = None  # decoder blocks; None: the preset's (8 for ViT-B/L)
+    decoder_heads: Optional[int] = None  # decoder heads; None: the preset's
+    # Mixing: compose = one mixed image per group (MAE's cost); full = G mixed images per group (G× the cost)
     mode: Optional[typing.Literal["compose", "full"]] = None
+    # MixedAE's segment embeddings: added in the decoder (default), to the encoder's mixed input, or none
     segment_embed: Optional[typing.Literal["decoder", "encoder", "none"]] = None
     homologous_blocks: Optional[Union[str, list[int]]] = None  # "all" | "none" | [indices]
-    topk: Optional[int] = None
-    homocon_weight: Optional[float] = None
+    topk: Optional[int] = None  # K of the homologous top-k attention; None: r·L (the homologous patches of a query)
+    homocon_weight: Optional[float] = None  # λ, the weight of the homologous contrastive loss (MixedAE: 1.0; 0 = off)
     recon_weight: Optional[float] = None  # w in L = w·L_recon + λ·L_HomoCon (mixing presets; 1.0); 0 = HomoCon alone
-    tau: Optional[float] = None
+    tau: Optional[float] = None  # τ, the temperature of the homologous contrastive loss (0.25)
+    # Width of an optional MLP projector before HomoCon; None: HomoCon on the encoder's patch features
     projector_dim: Optional[int] = None
     # Start from existing weights (not on resume): an official MAE checkpoint (with or without its decoder),
     # an export folder, a run folder or a checkpoint; see mixedae/engine/init_from.py. None: random init.
@@ -232,7 +236,7 @@ class DataConfig:
     # 3 channels, their RGB average for 1; other channel counts must set them. Saved with the run, used by
     # every evaluation of its weights and written into every export's preprocessing config.
     mean: Optional[list[float]] = None
-    std: Optional[list[float]] = None
+    std: Optional[list[float]] = None  # see data.mean
     num_samples: int = 5000  # synthetic scenes only
     seed: int = 0  # synthetic scenes / train-val split of unsplit folders
     num_workers: Optional[int] = None  # None: available_workers() (set when the config is built)
@@ -259,16 +263,18 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 10  # passes over the training set (the cosine schedule's length)
     max_steps: Optional[int] = None  # stop after this many optimiser steps (smoke runs)
     batch_size: int = 64  # per process
+    # Micro-batches accumulated per optimiser step (effective batch = processes × batch_size × accum_steps)
     accum_steps: int = 1
     # auto: bf16 on a CUDA GPU or CPU with native bf16, else fp32 (mixedae.amp); the run's config.yaml
     # records the resolved value
     precision: typing.Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False  # torch.compile (inductor) the training forward/backward; off: no speed-up measured on CPU
+    # Clip the gradient norm to this (None: no clipping; the norm is logged either way)
     clip_grad: Optional[float] = None
-    seed: int = 0
+    seed: int = 0  # seeds the weights, the data order, the augmentation and the masking / mixing noise
     device: str = "auto"  # auto | cpu | cuda
 
     def validate(self) -> None:
@@ -281,10 +287,10 @@ class TrainConfig:
 class OptimConfig:
     blr: float = 1.5e-4  # lr = blr × effective batch / 256
     lr: Optional[float] = None  # absolute lr; overrides blr
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    warmup_epochs: float = 1.0
+    min_lr: float = 0.0  # the cosine schedule's floor
+    weight_decay: float = 0.05  # AdamW weight decay (not on norms, biases, tokens and embeddings)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW betas (MAE's 0.9, 0.95)
+    warmup_epochs: float = 1.0  # linear warm-up length, in epochs
 
     def validate(self) -> None:
         if len(self.betas) != 2:
@@ -294,14 +300,14 @@ class OptimConfig:
 
 @dataclass
 class LogConfig:
-    every_steps: int = 20
-    recon_every_epochs: int = 1
-    tensorboard: bool = True
+    every_steps: int = 20  # log (metrics.jsonl, TensorBoard, W&B) every N optimiser steps and at the end of each epoch
+    recon_every_epochs: int = 1  # write recon/epoch-<n>.png every N epochs (and after the last)
+    tensorboard: bool = True  # TensorBoard events in <run>/tb
     progress: bool = True  # progress bar / status lines (the same as --quiet when false)
     # Weights & Biases (pip install 'mixedae[wandb]'), rank 0, beside metrics.jsonl and TensorBoard; a resumed
     # run continues the same W&B run (its id is kept in <run>/wandb_id.txt); files go to <run>/wandb/.
     wandb: bool = False
-    wandb_project: str = "mixedae"
+    wandb_project: str = "mixedae"  # the W&B project
     wandb_run: Optional[str] = None  # the W&B run name; None: the run folder's name
     wandb_entity: Optional[str] = None  # None: your default entity
     wandb_mode: Optional[typing.Literal["online", "offline", "disabled"]] = None  # None: wandb's own (WANDB_MODE)
@@ -324,4 +330,4 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    output_dir: str = "runs/pretrain"
+    output_dir: str = "runs/pretrain"  # the run folder

@@ -47,9 +47,9 @@ class EvalConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     extract_batch_size: int = 128  # images per forward pass of the frozen encoder
-    seed: int = 0
+    seed: int = 0  # seeds the protocol's training and sampling
     device: str = "auto"  # auto | cpu | cuda
-    progress: bool = True
+    progress: bool = True  # progress bars / status lines (false = --quiet)
     cache_dir: Optional[str] = None  # feature cache folder (default: see mixedae.eval.common)
     cache_features: bool = True  # also keep extracted features on disk
     # autocast of the encoder's forward passes (feature extraction, fine-tuning); auto: bf16 on a CUDA GPU or
@@ -66,7 +66,7 @@ class EvalConfig:
 class ImageSampleConfig(EvalConfig):
     """Measures taken on the first ``num_images`` images of the val split (patch cosine, attention on objects)."""
 
-    num_images: int = 256
+    num_images: int = 256  # the first N images of the val split
 
     def validate(self) -> None:
         super().validate()

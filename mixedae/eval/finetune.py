@@ -73,22 +73,22 @@ FINETUNED_FILE = "finetuned.pth"  # the last epoch's timm model: {"model": state
 
 @dataclass
 class FinetuneConfig(EvalConfig):
-    epochs: int = 20
-    warmup_epochs: float = 2.0
+    epochs: int = 20  # training epochs
+    warmup_epochs: float = 2.0  # linear warm-up, in epochs
     batch_size: int = 64  # per process
     blr: float = 1e-3  # lr = blr × batch_size × processes / 256
     lr: Optional[float] = None  # absolute lr; overrides blr
-    min_lr: float = 1e-6
-    weight_decay: float = 0.05
-    layer_decay: float = 0.65
-    drop_path: float = 0.1
+    min_lr: float = 1e-6  # the cosine schedule's floor
+    weight_decay: float = 0.05  # AdamW weight decay
+    layer_decay: float = 0.65  # layer-wise lr decay (MAE: 0.65 for ViT-B)
+    drop_path: float = 0.1  # stochastic depth rate
     copy_norm: bool = False  # fc_norm starts as a copy of the encoder's final norm (MAE: fresh; module docstring)
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    smoothing: float = 0.1
+    mixup: float = 0.8  # mixup alpha (0: off)
+    cutmix: float = 1.0  # cutmix alpha (0: off)
+    smoothing: float = 0.1  # label smoothing
     auto_augment: str = "rand-m9-mstd0.5-inc1"  # "" switches RandAugment off
-    reprob: float = 0.25
-    clip_grad: Optional[float] = None
+    reprob: float = 0.25  # random erasing probability
+    clip_grad: Optional[float] = None  # gradient-norm clipping (None: off)
 
     def validate(self) -> None:
         super().validate()

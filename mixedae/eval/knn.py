@@ -42,8 +42,9 @@ DEFAULT_BLOCK_MIB = 512.0
 
 @dataclass
 class KnnConfig(EvalConfig):
+    # Numbers of neighbours evaluated (the table reports k = 20)
     ks: list[int] = field(default_factory=lambda: list(DEFAULT_KS))
-    temperature: float = 0.07
+    temperature: float = 0.07  # temperature of the neighbours' weights exp(sim / T)
     block_mib: float = DEFAULT_BLOCK_MIB  # memory bound of one val × train similarity block (float32), in MiB
 
     def validate(self) -> None:

@@ -39,14 +39,14 @@ from ..export.weights import load_encoder
 
 @dataclass
 class LinprobeConfig(EvalConfig):
-    epochs: int = 90
-    warmup_epochs: float = 10.0
-    batch_size: int = 256
+    epochs: int = 90  # training epochs (MAE: 90)
+    warmup_epochs: float = 10.0  # linear warm-up, in epochs
+    batch_size: int = 256  # images per step
     blr: float = 6.4  # lr = blr × batch_size / 256 (see the module docstring)
     lr: Optional[float] = None  # absolute lr; overrides blr
-    min_lr: float = 0.0
-    weight_decay: float = 0.0
-    momentum: float = 0.9
+    min_lr: float = 0.0  # the cosine schedule's floor
+    weight_decay: float = 0.0  # weight decay (MAE: 0)
+    momentum: float = 0.9  # LARS momentum
 
     def validate(self) -> None:
         super().validate()

@@ -54,20 +54,20 @@ CHECKPOINT_FILE = "segfinetuned.pth"
 
 @dataclass
 class SegFinetuneConfig(SegmentationConfig):
-    head: Literal["linear", "fpn"] = "linear"
+    head: Literal["linear", "fpn"] = "linear"  # linear: one 1x1 classifier on the last block's patch tokens; fpn: a small feature pyramid head
     fpn_channels: int = 256  # channels of the fpn head's convolutions
-    epochs: int = 20
-    warmup_epochs: float = 1.0
-    batch_size: int = 8
+    epochs: int = 20  # training epochs
+    warmup_epochs: float = 1.0  # linear warm-up, in epochs
+    batch_size: int = 8  # crops per step
     lr: float = 1e-4  # absolute (mmseg's MAE recipe: 1e-4 at 16 images per step)
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    layer_decay: float = 0.65
-    drop_path: float = 0.1
+    min_lr: float = 0.0  # the cosine schedule's floor
+    weight_decay: float = 0.05  # AdamW weight decay
+    layer_decay: float = 0.65  # layer-wise lr decay
+    drop_path: float = 0.1  # stochastic depth rate
     train_crop: Literal["center", "random"] = "random"  # mmseg's augmentation: random crops ...
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # ... of images rescaled 0.5-2 x ...
     flip: bool = True  # ... and flipped
-    clip_grad: Optional[float] = None
+    clip_grad: Optional[float] = None  # gradient-norm clipping (None: off)
 
     def validate(self) -> None:
         super().validate()

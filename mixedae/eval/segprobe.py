@@ -51,12 +51,12 @@ from ..export.weights import load_encoder
 @dataclass
 class SegprobeConfig(SegmentationConfig):
     layers: int = 1  # concatenate the patch tokens of the last `layers` blocks
-    epochs: int = 30
-    warmup_epochs: float = 2.0
+    epochs: int = 30  # training epochs
+    warmup_epochs: float = 2.0  # linear warm-up, in epochs
     batch_size: int = 16  # crops per step
-    lr: float = 1e-3
-    min_lr: float = 0.0
-    weight_decay: float = 1e-4
+    lr: float = 1e-3  # learning rate
+    min_lr: float = 0.0  # the cosine schedule's floor
+    weight_decay: float = 1e-4  # weight decay
     max_memory_gb: float = 4.0  # keep training features in memory (and cached) up to this size, else stream
 
     def validate(self) -> None:

@@ -70,7 +70,7 @@ EVAL_UNHASHED = ("progress", "device", "cache_dir", "cache_features", "data.num_
 class RowSpec:
     """One line of the table: a pre-training setting (or an untrained encoder of that shape)."""
 
-    name: str = ""
+    name: str = ""  # the row's name in the table
     config: Optional[str] = None  # pre-training YAML, relative to the plan file
     preset: Optional[str] = None  # model.name
     overrides: dict = field(default_factory=dict)  # pre-training keys, nested or dotted
@@ -80,7 +80,7 @@ class RowSpec:
 
 @dataclass
 class ProtocolSpec:
-    enabled: bool = True
+    enabled: bool = True  # run this protocol
     overrides: dict = field(default_factory=dict)  # keys of the protocol's config, nested or dotted
 
 
@@ -89,7 +89,7 @@ class EvaluationsSpec:
     classification_data: Optional[str] = None  # k-NN, linear probe, patch cosine; None: the plan's data
     train_subset: Optional[int] = None  # classification train images kept (class-stratified); None: all
     val_subset: Optional[int] = None  # classification val images kept; None: all
-    subset_seed: int = 0
+    subset_seed: int = 0  # seed of the class-stratified subsets
     segmentation_data: str = "synthetic"  # segmentation probe and attention on objects (needs masks)
     common: dict = field(default_factory=dict)  # keys given to every protocol (e.g. progress: false)
     knn: ProtocolSpec = field(default_factory=ProtocolSpec)
@@ -110,13 +110,13 @@ class EvaluationsSpec:
 
 @dataclass
 class Plan:
-    name: str = ""
+    name: str = ""  # names the default output folder runs/study/<name>
     data: str = "synthetic"  # pre-training + classification data (--data overrides it)
     # what the rows pre-train on: "data" (the plan's data) or "classification_subset" (the train split of the
     # evaluations' class-stratified subset: a small budget that still sees every class, as the quick plan uses)
     pretrain_data: str = "data"
     budget: dict = field(default_factory=dict)  # pre-training keys for every row
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0])  # train.seed of every row without its own seeds
     speed_reference: Optional[str] = None  # default: the first row with an MAE preset
     evaluations: EvaluationsSpec = field(default_factory=EvaluationsSpec)
     rows: list = field(default_factory=list)  # RowSpec, filled by load_plan
