@@ -1,6 +1,6 @@
 """Images/s, FLOPs and FLOP utilisation of one full pre-training step (forward, backward, AdamW) for MAE vs MixedAE.
 
-METHOD.md §4 claim 3: in compose mode MixedAE costs ≈ 1.03 × MAE per step. The models are measured
+The paper's third claim (docs/reproduce.md): in compose mode MixedAE costs ≈ 1.03 × MAE per step. The models are measured
 **alternately** in one process — every round runs one step of each model, in an order rotated
 each round — so slow phases of a shared machine hit all models alike; the table reports the median
 per model and its step-time ratio to the first MAE model.

@@ -11,7 +11,7 @@ NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token", "segment_embed")
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
-    """Fused AdamW; no weight decay on norms, biases, tokens and embeddings (MAE recipe, METHOD.md §5).
+    """Fused AdamW; no weight decay on norms, biases, tokens and embeddings (MAE recipe, docs/method.md §4).
 
     Fused (one kernel for all parameters, on CPU and CUDA) because it can skip a step on the device
     (:func:`step_if_finite`) and is faster than the per-parameter loop torch uses on CPU by default.

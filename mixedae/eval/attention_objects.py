@@ -1,5 +1,5 @@
 """Attention on objects: how much more of the last block's cls attention lands on object pixels
-than a uniform map would put there (METHOD.md §4, claim 4), on images with object masks.
+than a uniform map would put there (the paper's fourth claim, docs/reproduce.md), on images with object masks.
 
 Per image, with the cls→patch attention ``a`` of :func:`mixedae.viz.attention.cls_attention` and the
 object mass ``m = Σ_l a_l · (object fraction of patch l)`` of

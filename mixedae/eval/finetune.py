@@ -9,7 +9,7 @@ unused and ``fc_norm`` starts at the LayerNorm default (weight 1, bias 0; MAE as
 copies the encoder's ``norm.*`` into ``fc_norm.*`` instead. The load is checked (only ``head.*``,
 and ``fc_norm.*`` unless copied, may be missing). The head starts at trunc-normal(std 2e-5).
 
-Recipe (METHOD.md §5): AdamW (wd 0.05, no decay on norms/biases/tokens) with layer-wise lr decay
+Recipe (docs/method.md §4): AdamW (wd 0.05, no decay on norms/biases/tokens) with layer-wise lr decay
 0.65 (timm ``create_optimizer_v2(layer_decay=...)``), lr = blr × global batch / 256, per-step linear
 warm-up + cosine; RandAugment ``rand-m9-mstd0.5-inc1`` and random erasing 0.25 (timm
 ``create_transform``), mixup 0.8 / cutmix 1.0 / label smoothing 0.1 (timm ``Mixup`` +

@@ -1,6 +1,6 @@
 """Load a ViT encoder from anything ``--weights`` may name.
 
-Accepted (CLI.md):
+Accepted (docs/cli.md):
     * a pre-training run folder (its ``last.pt``) or any pre-training checkpoint we write
       (``{"model": whole model, encoder under "encoder.", "arch": {"name", "kwargs"}}``);
     * a timm export folder (``config.json`` + ``model.safetensors`` | ``pytorch_model.pth``, written by

@@ -1,7 +1,7 @@
-"""MAE baseline (He et al. 2022), METHOD.md §1: random masking, encoder on visible patches,
+"""MAE baseline (He et al. 2022), docs/method.md §1: random masking, encoder on visible patches,
 light decoder with mask tokens, normalised-pixel MSE on the masked patches only.
 
-The visible fraction is METHOD.md's ``r`` (``model.mix_ratio``, 0.25 = MAE's mask ratio 0.75): MAE
+The visible fraction is docs/method.md's ``r`` (``model.mix_ratio``, 0.25 = MAE's mask ratio 0.75): MAE
 keeps ``round(r·L)`` patches visible."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """MixedAE (Chen et al., CVPR 2023) and the naive-mixing baseline — the whole method in one file.
 
-Read top to bottom (METHOD.md §2–3):
+Read top to bottom (docs/method.md §2–3):
 
 1. ``random_mixing``     — a mixing mask ``M ∈ {0..G-1}^L`` per group of ``G = 1/r`` images: a random
                            permutation of the ``L`` positions cut into ``G`` chunks of ``rL``.
@@ -49,7 +49,7 @@ def group_size_for(mix_ratio: float) -> int:
 class MixedAutoencoder(nn.Module):
     """MixedAE; ``forward(imgs)`` → ``(loss, outputs)``, see :meth:`forward`.
 
-    Args (every [choice] of METHOD.md, with its default):
+    Args (every design choice of docs/method.md §4, with its default):
         mix_ratio: ``r = 1/G``, 0.25.
         mode: ``compose`` (one mixed sample per group) or ``full`` (``G`` cyclic samples).
         segment_embed: where ``E_seg`` is added: ``decoder`` (default), ``encoder`` or ``none``.

@@ -1,4 +1,4 @@
-"""Named presets (CLI.md): ``{mae,mix,mixedae}_vit_{tiny,small,base,large}_patch16`` (224 px) and
+"""Named presets (docs/cli.md): ``{mae,mix,mixedae}_vit_{tiny,small,base,large}_patch16`` (224 px) and
 ``{mae,mix,mixedae}_vit_{tiny,small}_patch4_32`` (32 px), built by name from one table.
 
 Encoder sizes are timm's. Decoder sizes **[choice]**: MAE's 512-d × 8 blocks for base and large,
@@ -33,7 +33,7 @@ RESOLUTIONS = {
     "patch4_32": dict(img_size=32, patch_size=4),
 }
 SIZES_AT = {"patch16": ("tiny", "small", "base", "large"), "patch4_32": ("tiny", "small")}
-# The naive-mixing baseline (METHOD.md §2) is MixedAE without homologous recognition.
+# The naive-mixing baseline (docs/method.md §2) is MixedAE without homologous recognition.
 METHOD_DEFAULTS = {
     "mae": {},
     "mix": dict(homologous_blocks="none", segment_embed="none", homocon_weight=0.0),

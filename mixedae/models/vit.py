@@ -5,7 +5,7 @@ The state dict of :class:`VisionTransformer` is key-for-key the one of
 ``patch_embed.proj.*``, ``blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*``, ``norm.*``),
 so an exported encoder loads into timm with ``strict=True``.
 
-Homologous attention (METHOD.md §3.3): ``A = softmax(TopK(q kᵀ / √D_h)) V`` — per head and per
+Homologous attention (docs/method.md §3.1): ``A = softmax(TopK(q kᵀ / √D_h)) V`` — per head and per
 patch query, only the ``K`` largest patch logits survive; the cls key is always kept and not counted
 in ``K``; the cls query attends to everything. It adds no parameters, so the same weights run with
 ordinary attention (``topk=None``) for fine-tuning, evaluation and export.
@@ -100,7 +100,7 @@ def homologous_fraction(keep: Tensor, token_src: Tensor, num_prefix: int = 1) ->
         token_src: ``[N, L]`` source slot of every patch token (``L = T - num_prefix``).
     Returns:
         scalar tensor: per patch query (hits / kept patch keys), averaged over samples, heads and
-        queries (METHOD.md §3.3).
+        queries (docs/method.md §3.1).
     """
     keep = keep[:, :, num_prefix:, num_prefix:]  # [N, h, L, L]
     same = (token_src[:, :, None] == token_src[:, None, :]).to(keep.dtype)[:, None]  # [N, 1, L, L]

@@ -1,6 +1,6 @@
 """Last-block cls→patch attention maps and how much of that attention lands on objects.
 
-METHOD.md §4 claim 4: MixedAE's attention covers objects better than MAE's. The measure used here,
+The paper's fourth claim (docs/reproduce.md): MixedAE's attention covers objects better than MAE's. The measure used here,
 the **attention mass on objects**, is the fraction of the cls query's (head-averaged) attention over
 the patch keys that falls on object pixels, each patch's weight spread evenly over its ``p×p``
 pixels: ``Σ_l a_l · (object pixels in patch l) / p²`` with ``Σ_l a_l = 1``. A uniform map scores the

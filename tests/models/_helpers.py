@@ -210,7 +210,7 @@ def ref_encoder_tokens(tokens: np.ndarray, encoder, topk=None, homologous_blocks
 # losses
 # ---------------------------------------------------------------------------------------------
 def ref_homocon(feats: np.ndarray, src: np.ndarray, tau: float) -> float:
-    """Double loop of METHOD.md §3.4, normalised by the number of (anchor, positive) pairs."""
+    """Double loop of docs/method.md §3.3, normalised by the number of (anchor, positive) pairs."""
     total, pairs = 0.0, 0
     n, length, _ = feats.shape
     for b in range(n):

@@ -1,4 +1,4 @@
-"""Homologous (top-k) attention and sampling accuracy vs a loop reference (METHOD.md §3.3).
+"""Homologous (top-k) attention and sampling accuracy vs a loop reference (docs/method.md §3.1).
 
 Every equality test runs each implementation of homologous attention (``eager``: one logits pass with
 autograd; ``sdpa``: the selection without autograd, then the fused kernel with an additive mask).

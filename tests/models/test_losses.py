@@ -241,7 +241,7 @@ def test_mae_random_masking_from_noise(ratio, keep):
     ],
 )
 def test_mae_keeps_round_rL_visible(ratio, img, expect):
-    """METHOD.md's r is the visible fraction: MAE keeps round(r·L) patches, also where 1 - (1 - r)
+    """docs/method.md's r is the visible fraction: MAE keeps round(r·L) patches, also where 1 - (1 - r)
     carries float error that int() would truncate (the old formula)."""
     length = (img // 4) ** 2
     assert int(length * (1 - (1 - ratio))) != expect  # the cases the old int(L·(1 − mask ratio)) got wrong

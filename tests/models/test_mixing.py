@@ -1,4 +1,4 @@
-"""Mixing masks, assignments, σ_mix, unmixing and the encoder batch (METHOD.md §2, §3.1)."""
+"""Mixing masks, assignments, σ_mix, unmixing and the encoder batch (docs/method.md §2, §3.4)."""
 
 import numpy as np
 import pytest

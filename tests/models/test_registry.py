@@ -1,4 +1,4 @@
-"""Presets of CLI.md, their sizes, and the argument checks of create_model / the model classes."""
+"""Presets of docs/cli.md, their sizes, and the argument checks of create_model / the model classes."""
 
 import pytest
 import torch
