@@ -63,8 +63,12 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+SETTINGS = ("config", "weights")  # sections of results.json that describe the run, not its results
+
+
 def _numbers(obj: Any, prefix: str, depth: int) -> dict[str, float]:
-    """Finite numeric leaves of nested dicts as ``{"a.b": value}`` (lists and strings skipped)."""
+    """Finite numeric leaves of nested dicts as ``{"a.b": value}`` (lists, strings and the settings sections
+    skipped)."""
     if isinstance(obj, bool):
         return {}
     if isinstance(obj, (int, float)):
@@ -72,7 +76,8 @@ def _numbers(obj: Any, prefix: str, depth: int) -> dict[str, float]:
     if isinstance(obj, dict) and depth > 0:
         out: dict[str, float] = {}
         for key, value in obj.items():
-            out.update(_numbers(value, f"{prefix}.{key}" if prefix else str(key), depth - 1))
+            if key not in SETTINGS:
+                out.update(_numbers(value, f"{prefix}.{key}" if prefix else str(key), depth - 1))
         return out
     return {}
 
