@@ -455,7 +455,9 @@ def run_command(argv: list[str], in_subprocess: bool, t: Path, capsys) -> tuple[
 def test_bad_input(case: Case, world: World, tmp_path: Path, capsys, monkeypatch, request):
     monkeypatch.setenv("MIXEDAE_CACHE", str(world.root / "cache"))  # archives extract once for all rows
     monkeypatch.chdir(tmp_path)  # default output folders (runs/...) land in the scratch folder
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))  # later tests compare runs across processes
     from mixedae.eval import features
     monkeypatch.setattr(features, "_MEMORY", {}, raising=False)  # no features remembered from another row
     if case.disk:

@@ -230,12 +230,16 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 def read_label(path: Path) -> np.ndarray:
-    """A label PNG as class indices: np.int64 [H, W]; UserError if it is not single-channel."""
-    with Image.open(path) as label:
-        if label.mode not in LABEL_MODES:
-            raise UserError(f"label image {path} has mode {label.mode}; annotations must be single-channel "
-                            "PNGs of class indices (mode L or P), not colour-coded")
-        return np.asarray(label, dtype=np.int64)
+    """A label PNG as class indices: np.int64 [H, W]; UserError if it is not single-channel, UnreadableImage if
+    it does not decode (a segmentation pair is never skipped: the masks are the measure)."""
+    try:
+        with Image.open(path) as label:
+            if label.mode not in LABEL_MODES:
+                raise UserError(f"label image {path} has mode {label.mode}; annotations must be single-channel "
+                                "PNGs of class indices (mode L or P), not colour-coded")
+            return np.asarray(label, dtype=np.int64)
+    except UNREADABLE as e:
+        raise UnreadableImage(str(path), f"{type(e).__name__}: {e}") from None
 
 
 def _by_stem(paths: list[Path], folder: Path) -> dict[str, Path]:
@@ -327,7 +331,14 @@ class SegmentationFolder(torch.utils.data.Dataset):
     def sample(self, index: int) -> dict:
         """``{"image": decoded image, "mask": np.int64 [H, W]}`` for pair ``index`` (zero label reduced if asked)."""
         image_path, label_path = self.pairs[index]
-        image, mask = load_image(image_path), read_label(label_path)
+        try:
+            image = load_image(image_path)
+        except UNREADABLE as e:  # a pair that does not decode is an error, in train and val alike
+            raise UnreadableImage(str(image_path), f"{type(e).__name__}: {e}") from None
+        if not isinstance(image, Image.Image):
+            raise UserError(f"{image_path}: the segmentation protocols read grey or colour image files, not .npy "
+                            "arrays; convert the images")
+        mask = read_label(label_path)
         if mask.shape != (image.height, image.width):
             raise UserError(f"{label_path} is {mask.shape[1]}x{mask.shape[0]} but {image_path} is "
                             f"{image.width}x{image.height}; labels must match their image's size")

@@ -124,7 +124,9 @@ def run_segprobe(weights: str | Path, data: str, *, overrides: Sequence[str] = (
                                                      size) <= cfg.max_memory_gb * 2**30
     if in_memory:
         kind = f"patches-{cfg.layers}-labels-{cfg.ignore_index}-{'rzl' if cfg.reduce_zero_label else 'raw'}"
-        feats = split_features(features, {"train": train}, info, cfg, size, kind, cache, device)["train"]
+        # a segmentation pair that does not decode is an error here too (the streamed path raises it as well)
+        feats = split_features(features, {"train": train}, info, cfg, size, kind, cache, device,
+                               drop_unreadable=())["train"]
         check_labels(feats["targets"], num_classes, cfg.ignore_index)
         history = train_head(head, feats["patches"].to(device), feats["targets"].to(device), loss, optimizer, **options)
     else:

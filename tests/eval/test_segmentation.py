@@ -236,6 +236,22 @@ def test_segprobe_unpaired_folder_exit_2(run_dir, tmp_path, capsys):
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "without a label" in err
 
 
+@pytest.mark.parametrize("broken", ["images/train/1.jpg", "annotations/val/0.png", "npy"])
+def test_segprobe_unreadable_or_npy_pair_is_one_line(run_dir, tmp_path, capsys, broken):
+    # a pair that does not decode stops the run naming the file (never a traceback, never skipped)
+    data = make_ade_folder(tmp_path / "ade", names=("train", "val"))
+    if broken == "npy":
+        (data / "images" / "train" / "2.jpg").unlink()
+        np.save(data / "images" / "train" / "2.npy", np.zeros((16, 16, 3), dtype=np.uint8))
+        says = "not .npy arrays"
+    else:
+        (data / broken).write_bytes(b"\x89PNG truncated")
+        says = str(data / broken)  # named in the line, whichever path read it
+    rc = main(["segprobe", "--weights", str(run_dir), "--data", str(data), *SEG, "num_classes=4"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and says in err, err[-1500:]
+
+
 # ------------------------------------------------------------------------------------------------
 # segfinetune
 # ------------------------------------------------------------------------------------------------
