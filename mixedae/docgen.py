@@ -9,6 +9,7 @@ CLI reference lists every command with its usage, description and arguments, rea
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import inspect
@@ -155,7 +156,7 @@ def render_cli() -> str:
                 parts += [command.description, ""]
             parts += ["```", command.format_usage().strip(), "```", "", "| argument | help |", "|---|---|"]
             for action in command._actions:
-                if isinstance(action, __import__("argparse")._HelpAction):
+                if isinstance(action, argparse._HelpAction):
                     continue
                 names = ", ".join(action.option_strings) or action.metavar or action.dest
                 if action.choices and not action.option_strings:

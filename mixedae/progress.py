@@ -48,8 +48,7 @@ class StatusLines:
     """
 
     def __init__(self, iterable: Optional[Iterable] = None, total: Optional[int] = None, desc: str = "",
-                 initial: int = 0, file=None, interval: Optional[float] = None, clock=time.monotonic,
-                 **_ignored: Any) -> None:
+                 initial: int = 0, file=None, interval: Optional[float] = None, clock=time.monotonic) -> None:
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.iterable, self.total, self.desc, self.n = iterable, total, desc, initial

@@ -58,9 +58,9 @@ def resolve_root(spec: str) -> Path:
 
 def kind_of(spec: str) -> str:
     """``"synthetic"``, ``"shards"``, ``"imagefolder"``, ``"unlabeled"`` or ``"segmentation"`` (archives are extracted)."""
-    if spec == SYNTHETIC or parse_shards(spec) is not None:
-        return SYNTHETIC if spec == SYNTHETIC else "shards"
-    return detect_layout(resolve_root(spec))
+    if spec == SYNTHETIC:
+        return SYNTHETIC
+    return "shards" if parse_shards(spec) is not None else detect_layout(resolve_root(spec))
 
 
 def _synthetic(split: str, transform: Optional[Callable], image_size: int, num_samples: int, seed: int,

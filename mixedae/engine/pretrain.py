@@ -110,16 +110,17 @@ class Pretrainer:
         torch.manual_seed(tc.seed + dist_info.rank)
         kwargs = cfg.model.create_kwargs(cfg.data.image_size)
         self.model = create_model(cfg.model.name, **kwargs)
-        if cfg.model.init_from and resume_ckpt is None:  # every rank loads the same file
-            summary, identity = init_model(self.model, cfg.model.init_from)
-            if dist_info.is_main:  # provenance, kept across resumes
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_json({"spec": cfg.model.init_from, **identity, "summary": summary},
-                                  self.run_dir / "init_from.json")
-        elif cfg.model.init_from:
-            summary = f"model.init_from ignored: resuming from {self.resume_path} (the checkpoint wins)"
-        if cfg.model.init_from and dist_info.is_main:
-            print(summary, file=sys.stderr)
+        if cfg.model.init_from:
+            if resume_ckpt is not None:
+                summary = f"model.init_from ignored: resuming from {self.resume_path} (the checkpoint wins)"
+            else:  # every rank loads the same file
+                summary, identity = init_model(self.model, cfg.model.init_from)
+                if dist_info.is_main:  # provenance, kept across resumes
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    atomic_write_json({"spec": cfg.model.init_from, **identity, "summary": summary},
+                                      self.run_dir / "init_from.json")
+            if dist_info.is_main:
+                print(summary, file=sys.stderr)
         self.model.to(self.device)
         self.arch = {"name": cfg.model.name, "kwargs": kwargs}
         self.image_size = self.model.encoder.img_size

@@ -68,7 +68,6 @@ def test_offline_wandb_run_holds_metrics_config_and_images_and_resumes_the_same_
     values = {item.key: json.loads(item.value_json) for item in config.update}
     assert values["model"]["name"] == "mixedae_vit_tiny_patch4_32" and values["log"]["wandb"] is True
 
-    first_rows = len(rows)
     assert main(pretrain_argv(run, "--resume", "auto")) == 0  # the second epoch
     assert (run / "wandb_id.txt").read_text().strip() == run_id
     # the resumed segment is logged under the same W&B run id (W&B names its folder by the start second, so a
@@ -76,7 +75,7 @@ def test_offline_wandb_run_holds_metrics_config_and_images_and_resumes_the_same_
     runs = sorted((run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
     assert runs and {p.parent for p in runs} == set((run / "wandb").glob("offline-run-*"))  # no other run
     steps = [row["_step"] for p in runs for row in history(wandb_records(p)) if "train/loss" in row]
-    assert {3, 4} <= set(steps) and first_rows >= 2
+    assert {3, 4} <= set(steps)
 
 
 def test_missing_wandb_is_one_line_before_training(tmp_path, monkeypatch, capsys):
