@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import mixedae.models.vit as vit
 from mixedae.models.vit import Attention, additive_mask_, homologous_fraction, kept_keys, kth_largest
 
 from ._helpers import chance_level, ref_attention, ref_kept_sets
@@ -216,6 +217,18 @@ def test_kth_largest_equals_a_sort(dtype, k):
         assert out[idx].item() == sorted(row, reverse=True)[min(k, 196) - 1]
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_kth_largest_split_over_threads_equals_a_sort(monkeypatch, threads):
+    """The rows split over a thread pool (forced for a small tensor and an uneven split) come back in order."""
+    monkeypatch.setattr(vit, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(vit.torch, "get_num_threads", lambda: threads)
+    x = torch.randn(5, 2, 9, 40, generator=torch.Generator().manual_seed(threads))
+    out = kth_largest(x[:, :, 1:], 7)
+    assert out.shape == (5, 2, 8, 1)
+    for idx in np.ndindex(5, 2, 8):
+        assert out[idx].item() == sorted(x[idx[0], idx[1], 1 + idx[2]].tolist(), reverse=True)[6]
+
+
 # ------------------------------------------------------------------------------------------------
 # sampling accuracy
 # ------------------------------------------------------------------------------------------------
@@ -340,8 +353,6 @@ def test_bf16_autocast_selects_on_fp32_logits(impl, monkeypatch):
     """Under bf16 autocast the logits of the softmax are bf16 and tie in many rows; the keys are
     selected on fp32 logits of the same (bf16) q and k, so every row keeps exactly K keys, and the
     output stays close to the fp32 computation."""
-    import mixedae.models.vit as vit
-
     torch.manual_seed(0)
     attn = Attention(64, 2)
     attn.homologous_impl = impl
