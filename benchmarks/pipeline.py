@@ -41,6 +41,7 @@ from mixedae.config import PretrainConfig, load_config
 from mixedae.distributed import DistInfo, resolve_device
 from mixedae.engine.inputs import InputPipeline
 from mixedae.engine.pretrain import Pretrainer
+from mixedae.host_memory import keep_freed_memory
 
 PATH_OVERRIDES = {
     "memory": {},
@@ -152,18 +153,19 @@ def main(argv=None) -> int:
 
     variants = build(args)
     start = time.time()
-    for r in range(args.rounds):
-        k = r % len(variants)
-        for v in variants[k:] + variants[:k]:
-            v.block(args.steps)
-        print(f"round {r + 1}/{args.rounds} done ({time.time() - start:.0f}s)", file=sys.stderr)
+    with keep_freed_memory(variants[0].trainer.cfg.train.keep_freed_memory) as host_memory:  # as Pretrainer.run
+        for r in range(args.rounds):
+            k = r % len(variants)
+            for v in variants[k:] + variants[:k]:
+                v.block(args.steps)
+            print(f"round {r + 1}/{args.rounds} done ({time.time() - start:.0f}s)", file=sys.stderr)
     batch = variants[0].trainer.cfg.train.batch_size
     rows = table(variants, batch)
 
     t = variants[0].trainer
     print(f"# {args.config} (model {t.cfg.model.name}, batch {batch}, {t.image_size} px), {args.rounds} rounds x "
           f"{args.steps} timed steps per variant, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"device {t.device}, torch {torch.__version__}")
+          f"device {t.device}, torch {torch.__version__}, host memory: {host_memory}")
     print(f"{'precision':10}{'path':9}{'median s':>9}{'q1 - q3 s':>17}{'min s':>8}{'batch s':>9}{'img/s':>8}"
           f"{'vs model':>10}  input")
     for r in rows:
@@ -173,7 +175,7 @@ def main(argv=None) -> int:
           " median time in next(loader) (making the batch in this process, or waiting for workers)")
     if args.json:
         meta = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                "machine": platform.machine(), "argv": sys.argv[1:], "rounds": args.rounds, "steps": args.steps}
+                "machine": platform.machine(), "argv": sys.argv[1:], "host_memory": host_memory, "rounds": args.rounds, "steps": args.steps}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)
     return 0

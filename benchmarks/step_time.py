@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mixedae.amp import AMP_DTYPES, autocast, check_precision, grad_scaler
 from mixedae.engine.optim import build_optimizer
 from mixedae.errors import UserError
+from mixedae.host_memory import keep_freed_memory
 from mixedae.models import create_model, method_of
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -191,6 +192,9 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset option of every model, e.g. --set depth=6 (repeatable)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--malloc", choices=("keep", "system"), default="keep",
+                   help="keep: freed host memory stays in the process, as in training (train.keep_freed_memory, "
+                        "mixedae.host_memory); system: the C library's default")
     p.add_argument("--json", help="also write the table here")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
@@ -205,17 +209,18 @@ def main(argv=None) -> int:
     except (ValueError, UserError) as e:
         p.error(str(e))
     flops = [t.flops_per_image() for t in trainees]
-    if args.compile:
-        for t in trainees:
-            t.compile()
-    measure(trainees, args.steps, args.warmup)
+    with keep_freed_memory(args.malloc == "keep") as malloc:
+        if args.compile:
+            for t in trainees:
+                t.compile()
+        measure(trainees, args.steps, args.warmup)
     peak_size = args.peak_size or (8192 if device.type == "cuda" else 2048)
     peak = peak_flops(args.precision, device, peak_size)
     rows = table(trainees, args.batch_size, flops, peak)
 
     print(f"# one pre-training step (fwd+bwd+AdamW), {args.precision}{', compiled' if args.compile else ''}, "
           f"batch {args.batch_size}, {args.steps} timed rounds after {args.warmup} warm-up, device {device}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, torch {torch.__version__}"
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, torch {torch.__version__}, host memory: {malloc}"
           + (f", overrides {overrides}" if overrides else ""))
     print(f"{'model':30}{'params':>8}{'median s':>10}{'q1 - q3 s':>17}{'min s':>8}{'cpu s':>8}{'img/s':>8}"
           f"{'time ratio':>12}{'cpu ratio':>11}{'GFLOP/img':>11}{'flop ratio':>12}{'MFU':>7}"
@@ -231,7 +236,7 @@ def main(argv=None) -> int:
     if args.json:
         meta = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,
                 "machine": platform.machine(), "device": str(device), "precision": args.precision,
-                "compile": args.compile, "peak_flops": peak, "peak_gemm_size": peak_size, "warmup": args.warmup,
+                "compile": args.compile, "malloc": malloc, "peak_flops": peak, "peak_gemm_size": peak_size, "warmup": args.warmup,
                 "overrides": overrides, "argv": sys.argv[1:]}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)

@@ -276,6 +276,9 @@ class TrainConfig:
     clip_grad: Optional[float] = None
     seed: int = 0  # seeds the weights, the data order, the augmentation and the masking / mixing noise
     device: str = "auto"  # auto | cpu | cuda
+    # glibc: freed host memory stays in the process while training (no mmap per large tensor, no heap trim), so a
+    # step does not page-fault its memory back in; resident memory stays at its peak (mixedae.host_memory)
+    keep_freed_memory: bool = True
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "accum_steps"):

@@ -29,6 +29,7 @@ from ..data.transforms import to_channels
 from ..distributed import (DistInfo, all_reduce_mean, all_reduce_min, barrier, cleanup_distributed, decide_on_main,
                            init_distributed)
 from ..errors import UserError
+from ..host_memory import keep_freed_memory
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
 from ..models import create_model
 from ..progress import progress
@@ -352,6 +353,11 @@ class Pretrainer:
 
     # ---------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Train to the end (or ``train.max_steps``), with freed host memory kept in the process if configured."""
+        with keep_freed_memory(self.cfg.train.keep_freed_memory) as host_memory:
+            return self._run(host_memory)
+
+    def _run(self, host_memory: str) -> dict[str, Any]:
         cfg, tc, main = self.cfg, self.cfg.train, self.dist.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -365,7 +371,8 @@ class Pretrainer:
                 file=sys.stderr,
             )
             print(f"precision {describe_precision(self.requested_precision, tc.precision, self.device)} | input: "
-                  f"{self.inputs.describe()}" + (" | torch.compile" if tc.compile else ""), file=sys.stderr)
+                  f"{self.inputs.describe()}" + (" | torch.compile" if tc.compile else "") + f" | host memory: {host_memory}",
+                  file=sys.stderr)
             lc = cfg.log
             wandb = WandbSink(self.run_dir, to_dict(cfg), lc.wandb_project, lc.wandb_run, lc.wandb_entity,
                               lc.wandb_mode) if lc.wandb else None

@@ -14,6 +14,7 @@ import yaml
 from mixedae.amp import resolve_precision
 from mixedae.distributed import DistInfo
 from mixedae.engine.pretrain import Pretrainer, TrainingDiverged, pretrain
+from mixedae.host_memory import glibc
 from mixedae.models import create_model
 
 from .test_pretrain import config, weights
@@ -141,3 +142,10 @@ def test_inductor_gradients_equal_eager(name):
     for n, g in eager.items():
         if g is not None:
             torch.testing.assert_close(compiled[n], g, rtol=1e-3, atol=1e-5, msg=n)
+
+
+def test_start_line_says_whether_freed_memory_is_kept(tmp_path, capsys):
+    for keep, says in ((True, "freed memory kept" if glibc() else "needs glibc"), (False, "glibc's default")):
+        pretrain(config(tmp_path / str(keep), "data.num_samples=8", "train.batch_size=8", "train.max_steps=1",
+                        "log.recon_every_epochs=9", f"train.keep_freed_memory={str(keep).lower()}"))
+        assert f"| host memory: {says}" in capsys.readouterr().err
