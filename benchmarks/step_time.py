@@ -209,7 +209,7 @@ def main(argv=None) -> int:
     except (ValueError, UserError) as e:
         p.error(str(e))
     flops = [t.flops_per_image() for t in trainees]
-    with keep_freed_memory(args.malloc == "keep") as malloc:
+    with keep_freed_memory(args.malloc == "keep") as host_memory:
         if args.compile:
             for t in trainees:
                 t.compile()
@@ -220,7 +220,7 @@ def main(argv=None) -> int:
 
     print(f"# one pre-training step (fwd+bwd+AdamW), {args.precision}{', compiled' if args.compile else ''}, "
           f"batch {args.batch_size}, {args.steps} timed rounds after {args.warmup} warm-up, device {device}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, torch {torch.__version__}, host memory: {malloc}"
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, torch {torch.__version__}, host memory: {host_memory}"
           + (f", overrides {overrides}" if overrides else ""))
     print(f"{'model':30}{'params':>8}{'median s':>10}{'q1 - q3 s':>17}{'min s':>8}{'cpu s':>8}{'img/s':>8}"
           f"{'time ratio':>12}{'cpu ratio':>11}{'GFLOP/img':>11}{'flop ratio':>12}{'MFU':>7}"
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
     if args.json:
         meta = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,
                 "machine": platform.machine(), "device": str(device), "precision": args.precision,
-                "compile": args.compile, "malloc": malloc, "peak_flops": peak, "peak_gemm_size": peak_size, "warmup": args.warmup,
+                "compile": args.compile, "host_memory": host_memory, "peak_flops": peak, "peak_gemm_size": peak_size, "warmup": args.warmup,
                 "overrides": overrides, "argv": sys.argv[1:]}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)

@@ -7,8 +7,8 @@ frees most of what its forward pass allocated, so the next step asks the kernel 
 again: 300 000 page faults per ViT-S/16 step at batch 64 (each page zeroed by the kernel), about a tenth of
 the CPU time, and more for MixedAE, whose homologous attention materialises ``[N, h, T, T]`` logits over
 sequences ``1/r`` times longer than MAE's encoder sees. Measured with ``benchmarks/step_time.py --malloc
-keep|system`` (ViT-S/16, batch 64, fp32, 2 cores, two runs of each, alternated): MAE 5.9–6.3 → 5.0–5.3 s
-per step, MixedAE / MAE 1.13–1.17 → 1.06–1.10.
+keep|system`` (ViT-S/16, batch 64, fp32, 2 cores, five runs of each): MAE 10.2–11.0 → 12.0–13.5 img/s,
+MixedAE / MAE 1.11–1.17 → 1.06–1.10.
 
 :func:`keep_freed_memory` turns both mechanisms off for the duration of a ``with`` block: blocks are
 never ``mmap``-ed (``M_MMAP_MAX = 0``) and the heap is never trimmed (``M_TRIM_THRESHOLD`` maximal), so
@@ -53,14 +53,13 @@ def keep_freed_memory(enabled: bool = True) -> Iterator[str]:
 
     Yields a one-line description for the run's start line: what was set, or why nothing was.
     """
-    libc = glibc() if enabled else None
-    if not enabled:
-        yield "glibc's default (train.keep_freed_memory=false)"
-        return
-    if libc is None or not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM)):
-        yield "the C library's default (keep_freed_memory needs glibc)"
+    libc = glibc()
+    if not enabled or libc is None:
+        yield "the C library's default" + (" (keep_freed_memory needs glibc)" if enabled else "")
         return
     try:
+        libc.mallopt(M_MMAP_MAX, 0)
+        libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM)
         yield "freed memory kept in the process (glibc: no mmap, no trim)"
     finally:
         for param, value in RESTORED.items():

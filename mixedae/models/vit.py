@@ -20,6 +20,7 @@ always made on fp32 (or fp64) logits, also under bf16/fp16 autocast, so ties are
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
@@ -34,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from .pos_embed import resample_pos_embed, sincos_pos_embed_2d
 
 HOMOLOGOUS_IMPLS = ("auto", "eager", "sdpa")
+PARALLEL_MIN_ELEMENTS = 1 << 16  # kth_largest: below this a row partition is not worth a thread hand-off
 
 
 def kth_largest(x: Tensor, k: int) -> Tensor:
@@ -51,8 +53,7 @@ def kth_largest(x: Tensor, k: int) -> Tensor:
     if x.device.type != "cpu":
         return x.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
     rows = x.detach()
-    rows = rows if rows.dtype in (torch.float32, torch.float64) else rows.float()
-    rows = rows.numpy()
+    rows = (rows if rows.dtype in (torch.float32, torch.float64) else rows.float()).numpy()
 
     def kth(chunk: np.ndarray) -> np.ndarray:
         return np.partition(chunk, -k, axis=-1)[..., -k, None]
@@ -65,24 +66,13 @@ def kth_largest(x: Tensor, k: int) -> Tensor:
     return torch.from_numpy(values).to(x.dtype)
 
 
-PARALLEL_MIN_ELEMENTS = 1 << 16  # below this a row partition is not worth a thread hand-off
-_pool: Optional[ThreadPoolExecutor] = None
-
-
+@functools.lru_cache(maxsize=None)
 def partition_pool() -> ThreadPoolExecutor:
-    """The process's thread pool for :func:`kth_largest` (created on first use, dropped in forked children)."""
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="mixedae-kth")
-    return _pool
+    """The process's thread pool for :func:`kth_largest`, created on first use."""
+    return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="mixedae-kth")
 
 
-def _forget_pool() -> None:
-    global _pool
-    _pool = None  # a forked child has none of the parent's threads
-
-
-os.register_at_fork(after_in_child=_forget_pool)
+os.register_at_fork(after_in_child=partition_pool.cache_clear)  # a forked child has none of the parent's threads
 
 
 def selection_logits(q: Tensor, k: Tensor, logits: Optional[Tensor] = None) -> Tensor:
@@ -112,8 +102,8 @@ def kept_keys(logits: Tensor, topk: int, num_prefix: int) -> Tensor:
     """
     threshold = kth_largest(logits[:, :, num_prefix:, num_prefix:], topk)  # [N, h, L, 1]
     threshold = F.pad(threshold, (0, 0, num_prefix, 0), value=float("-inf"))  # prefix rows keep all
-    # min(logit - threshold, 0) is 0 for kept keys and negative for dropped ones; sign + 1 → 1 / 0. Four
-    # in-place float passes: about half the time of (logits >= threshold).to(dtype) on CPU.
+    # min(logit - threshold, 0) is 0 for kept keys and negative for dropped ones; sign + 1 → 1 / 0. One
+    # subtraction and three in-place float passes: about half the time of (logits >= threshold).to(dtype) on CPU.
     keep = (logits - threshold).clamp_(max=0).sign_().add_(1)
     keep[..., :num_prefix] = 1  # the cls key is always kept
     return keep

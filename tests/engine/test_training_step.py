@@ -145,7 +145,7 @@ def test_inductor_gradients_equal_eager(name):
 
 
 def test_start_line_says_whether_freed_memory_is_kept(tmp_path, capsys):
-    for keep, says in ((True, "freed memory kept" if glibc() else "needs glibc"), (False, "glibc's default")):
+    for keep, says in ((True, "freed memory kept" if glibc() else "needs glibc"), (False, "the C library's default")):
         pretrain(config(tmp_path / str(keep), "data.num_samples=8", "train.batch_size=8", "train.max_steps=1",
                         "log.recon_every_epochs=9", f"train.keep_freed_memory={str(keep).lower()}"))
         assert f"| host memory: {says}" in capsys.readouterr().err

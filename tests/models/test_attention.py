@@ -5,6 +5,7 @@ autograd; ``sdpa``: the selection without autograd, then the fused kernel with a
 """
 
 import math
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -227,6 +228,25 @@ def test_kth_largest_split_over_threads_equals_a_sort(monkeypatch, threads):
     assert out.shape == (5, 2, 8, 1)
     for idx in np.ndindex(5, 2, 8):
         assert out[idx].item() == sorted(x[idx[0], idx[1], 1 + idx[2]].tolist(), reverse=True)[6]
+
+
+def test_kth_largest_threads_work_in_a_forked_child(monkeypatch):
+    """A process forked after the pool started (e.g. a DataLoader worker) gets a fresh pool; the parent's
+    would hold threads that do not exist in the child, and the split would wait for them forever."""
+    monkeypatch.setattr(vit, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(vit.torch, "get_num_threads", lambda: 2)
+    x = torch.randn(4, 3, 30)
+    expected = kth_largest(x, 5)  # starts the parent's pool
+    child = multiprocessing.get_context("fork").Process(target=_check_kth_largest, args=(x, expected))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0, "the forked child's kth_largest hung or failed"
+
+
+def _check_kth_largest(x: torch.Tensor, expected: torch.Tensor) -> None:
+    assert torch.equal(kth_largest(x, 5), expected)
 
 
 # ------------------------------------------------------------------------------------------------
