@@ -171,7 +171,11 @@ class MixedAutoencoder(nn.Module):
         if self.segment_embed_place == "encoder":
             x = x + self.segment_embed[token_src]
         latent, accuracies = self.encoder.forward_tokens(
-            x, topk=self.topk, homologous_blocks=self.homologous_blocks, token_src=token_src if with_metrics else None
+            x,
+            topk=self.topk,
+            homologous_blocks=self.homologous_blocks,
+            token_src=token_src if with_metrics else None,
+            num_sources=self.group_size,
         )
         accuracy = torch.stack(accuracies).mean() if accuracies else None
         return latent, accuracy

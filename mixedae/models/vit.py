@@ -88,66 +88,91 @@ def selection_logits(q: Tensor, k: Tensor, logits: Optional[Tensor] = None) -> T
         return q.float() @ k.float().transpose(-2, -1)
 
 
-def kept_keys(logits: Tensor, topk: int, num_prefix: int) -> Tensor:
-    """The keys homologous attention keeps, from the query-key logits (scaled or not).
+def dropped_keys(logits: Tensor, topk: int, num_prefix: int) -> Tensor:
+    """The keys homologous attention drops, from the query-key logits (scaled or not).
 
     Args:
         logits: ``[N, h, T, T]``, the first ``num_prefix`` tokens prefix (cls) tokens.
     Returns:
-        ``[N, h, T, T]`` in ``logits``' dtype, 1 where kept and 0 where dropped: a patch query keeps a
+        ``[N, h, T, T]`` in ``logits``' dtype, -1 where dropped and 0 where kept: a patch query keeps a
         patch key iff its logit is ≥ the ``topk``-th largest patch logit of the row (ties at that value
-        are all kept); prefix rows and prefix columns are always kept. A float, not a bool: the sampling
-        accuracy and the additive mask are then plain arithmetic, several times faster on CPU than
-        boolean indexing, ``&`` or ``torch.where``.
+        are all kept); prefix rows and prefix columns are always kept. ``-1 / 0`` rather than a bool, so
+        that the additive mask (``logits + max·dropped``) and the sampling accuracy (a matmul) are one
+        pass each: on CPU several times faster than boolean indexing, ``&`` or ``torch.where``.
     """
     threshold = kth_largest(logits[:, :, num_prefix:, num_prefix:], topk)  # [N, h, L, 1]
     threshold = F.pad(threshold, (0, 0, num_prefix, 0), value=float("-inf"))  # prefix rows keep all
-    # min(logit - threshold, 0) is 0 for kept keys and negative for dropped ones; sign + 1 → 1 / 0. One
-    # subtraction and three in-place float passes: about half the time of (logits >= threshold).to(dtype) on CPU.
-    keep = (logits - threshold).clamp_(max=0).sign_().add_(1)
-    keep[..., :num_prefix] = 1  # the cls key is always kept
-    return keep
+    # min(logit - threshold, 0) is 0 for kept keys and negative for dropped ones; its sign is 0 / -1.
+    dropped = (logits - threshold).clamp_(max=0).sign_()
+    dropped[..., :num_prefix] = 0  # the cls key is always kept
+    return dropped
 
 
-def additive_mask_(keep: Tensor) -> Tensor:
-    """In place: ``keep`` (1 kept / 0 dropped) → the additive attention mask, 0 where kept and ``-inf``
-    where dropped (``1 - 1/keep``). Returns the same tensor."""
-    return keep.reciprocal_().neg_().add_(1)
+def mask_logits_(logits: Tensor, dropped: Tensor) -> Tensor:
+    """In place: ``logits + max·dropped`` (``max`` the largest finite value of ``logits``' dtype), so a
+    dropped key's logit drops to about ``-max`` (or ``-inf``) and its softmax weight is exactly 0 (as with a
+    ``-inf`` mask: ``exp`` underflows for any row whose largest kept logit is above ``-max/2``), and a kept
+    key's logit is unchanged. One pass, no ``-inf`` in the softmax's input; autograd sees an addition
+    (identity gradient).
+    ``logits: [..., T, T]``, ``dropped: [..., T, T]`` from :func:`dropped_keys`; returns ``logits``."""
+    return logits.add_(dropped, alpha=torch.finfo(logits.dtype).max)
 
 
-def homologous_fraction(keep: Tensor, token_src: Tensor, num_prefix: int = 1) -> Tensor:
+def additive_mask_(dropped: Tensor) -> Tensor:
+    """In place: ``dropped`` (-1 dropped / 0 kept) → the additive attention mask, ``log(1 + dropped)``:
+    0 where kept and ``-inf`` where dropped. Returns the same tensor."""
+    return dropped.log1p_()
+
+
+def homologous_fraction(
+    dropped: Tensor, token_src: Tensor, num_prefix: int = 1, num_sources: Optional[int] = None
+) -> Tensor:
     """Sampling accuracy: the fraction of kept patch keys that come from the same source as their query.
 
     The query's own key counts (it is homologous to itself, and is kept whenever its logit is among
     the ``K`` largest of its row). Rows that keep more than ``K`` keys on ties count every kept key.
 
+    Per query row ``i``: kept = ``L + Σ_j dropped_ij``, hits = ``#{j: src_j = src_i} + Σ_{j: src_j = src_i}
+    dropped_ij``; both sums come from one ``[T, T] @ [T, G]`` matmul per sample with the one-hot sources
+    (zero rows for the prefix keys), which reads ``dropped`` once and copies nothing.
+
     Args:
-        keep: ``[N, h, T, T]``, 1 for kept keys and 0 for dropped ones (:func:`kept_keys`).
-        token_src: ``[N, L]`` source slot of every patch token (``L = T - num_prefix``).
+        dropped: ``[N, h, T, T]``, -1 for dropped keys and 0 for kept ones (:func:`dropped_keys`).
+        token_src: ``[N, L]`` source slot of every patch token (``L = T - num_prefix``), in ``0..G-1``.
+        num_sources: ``G``; None reads it from ``token_src`` (``max + 1``: a host-device sync on a GPU).
     Returns:
         scalar tensor: per patch query (hits / kept patch keys), averaged over samples, heads and
         queries (docs/method.md §3.1).
     """
-    keep = keep[:, :, num_prefix:, num_prefix:]  # [N, h, L, L]
-    same = (token_src[:, :, None] == token_src[:, None, :]).to(keep.dtype)[:, None]  # [N, 1, L, L]
-    return ((keep * same).sum(-1) / keep.sum(-1)).mean()
+    n, h, t, _ = dropped.shape
+    length = t - num_prefix
+    with torch.autocast(dropped.device.type, enabled=False):  # counts must stay exact (bf16 is not above 256)
+        g = int(token_src.max()) + 1 if num_sources is None else num_sources
+        onehot = F.one_hot(token_src, g).to(dropped.dtype)  # [N, L, G]
+        onehot = F.pad(onehot, (0, 0, num_prefix, 0))  # [N, T, G]: prefix keys belong to no source
+        per_source = (dropped.reshape(n, h * t, t) @ onehot).view(n, h, t, -1)[:, :, num_prefix:]  # [N, h, L, G]
+    own = token_src[:, None, :, None].expand(n, h, length, 1)
+    hits = onehot[:, num_prefix:].sum(1).gather(1, token_src)[:, None, :, None] + per_source.gather(-1, own)
+    kept = length + per_source.sum(-1, keepdim=True)
+    return (hits / kept).mean()
 
 
 class Attention(nn.Module):
     """Multi-head self-attention; ``topk`` switches on homologous attention for one call.
 
     Ordinary attention goes through PyTorch's fused ``scaled_dot_product_attention``. Homologous
-    attention selects the kept keys without autograd (:func:`kept_keys` on :func:`selection_logits`,
-    always fp32 or fp64) and applies them as an additive ``0 / -inf`` mask, in one of two ways
+    attention selects the kept keys without autograd (:func:`dropped_keys` on :func:`selection_logits`,
+    always fp32 or fp64) and applies them to the logits before the softmax, in one of two ways
     (``homologous_impl``), equal up to rounding:
 
-    * ``"eager"``: ``softmax(q kᵀ/√D_h + mask) V`` written out, with autograd through one logits pass
-      that the selection reuses (in fp32; under bf16/fp16 autocast the logits and softmax run in that
-      dtype, as in any non-fused attention, and only the selection is recomputed in fp32). The fastest
-      on CPU, where the fused kernel with a mask is no faster in fp32 and 2–3× slower in bf16.
-    * ``"sdpa"``: the fused ``scaled_dot_product_attention`` with the mask (on CUDA its
-      memory-efficient kernel with its fused backward); the selection costs one extra ``q kᵀ``
-      without autograd. Tested on CPU; its CUDA kernel is untested here.
+    * ``"eager"``: ``softmax(q kᵀ/√D_h + max·dropped) V`` written out (:func:`mask_logits_`), with
+      autograd through one logits pass that the selection reuses (in fp32; under bf16/fp16 autocast the
+      logits and softmax run in that dtype, as in any non-fused attention, and only the selection is
+      recomputed in fp32). The fastest on CPU, where the fused kernel with a mask is no faster in fp32
+      and 2–3× slower in bf16.
+    * ``"sdpa"``: the fused ``scaled_dot_product_attention`` with the additive ``0 / -inf`` mask
+      (:func:`additive_mask_`; on CUDA its memory-efficient kernel with its fused backward); the
+      selection costs one extra ``q kᵀ`` without autograd. Tested on CPU; its CUDA kernel is untested here.
     * ``"auto"`` (default): ``"sdpa"`` on CUDA, ``"eager"`` elsewhere.
     """
 
@@ -168,6 +193,7 @@ class Attention(nn.Module):
         topk: Optional[int] = None,
         token_src: Optional[Tensor] = None,
         num_prefix: int = 1,
+        num_sources: Optional[int] = None,
     ) -> tuple[Tensor, Optional[Tensor]]:
         """
         Args:
@@ -175,6 +201,7 @@ class Attention(nn.Module):
             topk: keep the ``topk`` largest patch logits per patch query (None: ordinary attention);
                 ties at the ``topk``-th value are all kept (see the module docstring).
             token_src: ``[N, T - num_prefix]`` source slot per patch, only to measure sampling accuracy.
+            num_sources: the number of sources ``G`` (``token_src < G``); None: read from ``token_src``.
         Returns:
             ``[N, T, D]`` output and, when ``topk`` and ``token_src`` are given, the sampling accuracy
             (scalar tensor, :func:`homologous_fraction`), else None.
@@ -187,15 +214,15 @@ class Attention(nn.Module):
         eager = self._impl(x.device) == "eager"
         logits = (q * self.scale) @ k.transpose(-2, -1) if eager else None  # [N, h, T, T]
         with torch.no_grad():
-            keep = kept_keys(selection_logits(q, k, logits), topk, num_prefix)
-            accuracy = None if token_src is None else homologous_fraction(keep, token_src, num_prefix)
-            mask = additive_mask_(keep)
+            dropped = dropped_keys(selection_logits(q, k, logits), topk, num_prefix)
+            accuracy = None if token_src is None else homologous_fraction(dropped, token_src, num_prefix, num_sources)
         if eager:
             # In place: the matmul's backward does not need its output, and the add's gradient is the
             # identity (the softmax already gives dropped keys a zero gradient).
-            out = logits.add_(mask).softmax(-1) @ v
+            out = mask_logits_(logits, dropped).softmax(-1) @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))  # [N, h, T, D_h]
+            mask = additive_mask_(dropped).to(q.dtype)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [N, h, T, D_h]
         return self.proj(out.transpose(1, 2).reshape(n, t, d)), accuracy
 
     def _impl(self, device: torch.device) -> str:
@@ -217,10 +244,14 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
     def forward(
-        self, x: Tensor, topk: Optional[int] = None, token_src: Optional[Tensor] = None
+        self,
+        x: Tensor,
+        topk: Optional[int] = None,
+        token_src: Optional[Tensor] = None,
+        num_sources: Optional[int] = None,
     ) -> tuple[Tensor, Optional[Tensor]]:
-        """``x: [N, T, D]`` → ``([N, T, D], sampling accuracy or None)``."""
-        y, accuracy = self.attn(self.norm1(x), topk=topk, token_src=token_src)
+        """``x: [N, T, D]`` → ``([N, T, D], sampling accuracy or None)`` (arguments: :class:`Attention`)."""
+        y, accuracy = self.attn(self.norm1(x), topk=topk, token_src=token_src, num_sources=num_sources)
         x = x + y
         return x + self.mlp(self.norm2(x)), accuracy
 
@@ -319,6 +350,7 @@ class VisionTransformer(nn.Module):
         topk: Optional[int] = None,
         homologous_blocks: Sequence[int] = (),
         token_src: Optional[Tensor] = None,
+        num_sources: Optional[int] = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """Run the transformer on patch tokens that already carry their position embedding.
 
@@ -326,6 +358,7 @@ class VisionTransformer(nn.Module):
             x: ``[N, L', D]`` patch tokens (all ``L`` of them, or MAE's visible subset).
             topk: ``K`` of homologous attention, used in ``homologous_blocks`` only.
             token_src: ``[N, L']`` source slot of each token (for sampling accuracy), optional.
+            num_sources: the number of sources ``G`` (``token_src < G``); None: read from ``token_src``.
         Returns:
             ``[N, 1+L', D]`` normalised tokens (cls first) and the per-block sampling accuracies.
         """
@@ -334,7 +367,7 @@ class VisionTransformer(nn.Module):
         accuracies = []
         checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            kwargs = dict(topk=topk if i in homologous_blocks else None, token_src=token_src)
+            kwargs = dict(topk=topk if i in homologous_blocks else None, token_src=token_src, num_sources=num_sources)
             if checkpointed:
                 x, acc = checkpoint(block, x, use_reentrant=False, **kwargs)
             else:

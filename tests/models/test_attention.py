@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mixedae.models.vit as vit
-from mixedae.models.vit import Attention, additive_mask_, homologous_fraction, kept_keys, kth_largest
+from mixedae.models.vit import Attention, additive_mask_, dropped_keys, homologous_fraction, kth_largest, mask_logits_
 
 from ._helpers import chance_level, ref_attention, ref_kept_sets
 
@@ -170,7 +170,7 @@ def test_ties_at_the_kth_logit_are_all_kept(impl):
     logits = torch.tensor([0.0, 1.0, 0.5, 0.5, 0.5], dtype=torch.float64)
     w = logits.softmax(0)
     torch.testing.assert_close(out[0, 1], (w[:, None] * x[0, keys]).sum(0), atol=1e-12, rtol=0)
-    keep = kept_keys((x @ x.transpose(1, 2))[:, None] / 2, topk=2, num_prefix=1)
+    keep = 1 + dropped_keys((x @ x.transpose(1, 2))[:, None] / 2, topk=2, num_prefix=1)
     assert keep[0, 0, 1, 1:].tolist() == [1, 1, 1, 0, 1]
     # by hand, patch-patch dot products per query: [2,1,1,0,1], [1,1,0,0,1], [1,0,1,0,0], [0,0,0,1,1],
     # [1,1,0,1,3] → kept (≥ 2nd largest): 4, 3, 2, 2, 4 keys — K = 2 or more on ties, never fewer
@@ -189,7 +189,7 @@ def test_ties_in_bf16_keep_every_tied_key():
     """bf16 logits tie often; the threshold keeps all of them (here a whole row of equal logits)."""
     logits = torch.zeros(1, 1, 1 + 6, 1 + 6, dtype=torch.bfloat16)
     logits[0, 0, 2, 1:] = torch.tensor([3.0, 1.0, 1.0, 1.0, -2.0, 1.0])
-    keep = kept_keys(logits, topk=2, num_prefix=1)
+    keep = 1 + dropped_keys(logits, topk=2, num_prefix=1)
     assert keep[0, 0, 1, 1:].tolist() == [1] * 6  # all-equal row: everything ties with the 2nd largest
     assert keep[0, 0, 2, 1:].tolist() == [1, 1, 1, 1, 0, 1]
     assert (keep[0, 0, 0] == 1).all() and (keep[0, 0, :, 0] == 1).all()  # cls row and cls column
@@ -197,10 +197,26 @@ def test_ties_in_bf16_keep_every_tied_key():
 
 def test_additive_mask_values():
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
-        keep = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=dtype)
-        mask = additive_mask_(keep)
-        assert mask is keep and mask.dtype == dtype
+        dropped = torch.tensor([[0.0, -1.0], [-1.0, 0.0]], dtype=dtype)
+        mask = additive_mask_(dropped)
+        assert mask is dropped and mask.dtype == dtype
         assert mask.tolist() == [[0.0, -math.inf], [-math.inf, 0.0]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.float16])
+def test_masked_logits_softmax_like_minus_inf(dtype):
+    """logits + max·dropped: kept logits unchanged, dropped ones lowered by max, and the softmax equal to the one
+    with a -inf mask (dropped weights exactly 0), also for large logits of either sign."""
+    logits = torch.tensor([[3.0, -2.0, 50.0, 0.5], [-60.0, 1.0, -1.0, 0.0]], dtype=dtype)
+    dropped = torch.tensor([[0.0, -1.0, -1.0, 0.0], [0.0, 0.0, -1.0, -1.0]], dtype=dtype)
+    expect = logits.float().masked_fill(dropped.bool(), -math.inf).softmax(-1)
+    masked = mask_logits_(logits.clone(), dropped)
+    kept = dropped == 0
+    assert torch.equal(masked[kept], logits[kept])
+    assert (masked[~kept] <= logits[~kept] - torch.finfo(dtype).max * 0.999).all()
+    got = masked.float().softmax(-1)
+    assert (got[~kept] == 0).all()
+    torch.testing.assert_close(got, expect, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
@@ -211,7 +227,7 @@ def test_kth_largest_equals_a_sort(dtype, k):
     x = torch.randn(2, 3, 7, 196, generator=gen).to(dtype)
     x[0, 0, 0, :] = 1.0  # a row of ties
     x[1, 2, 3, :50] = x[1, 2, 3, 0]  # many ties at the top
-    out = kth_largest(x[..., 1:, :], k)  # a strided view, as in kept_keys
+    out = kth_largest(x[..., 1:, :], k)  # a strided view, as in dropped_keys
     assert out.shape == (2, 3, 6, 1) and out.dtype == dtype
     for idx in np.ndindex(2, 3, 6):
         row = x[idx[0], idx[1], 1 + idx[2]].tolist()
@@ -252,35 +268,38 @@ def _check_kth_largest(x: torch.Tensor, expected: torch.Tensor) -> None:
 # ------------------------------------------------------------------------------------------------
 # sampling accuracy
 # ------------------------------------------------------------------------------------------------
-def keep_mask(kept_idx: torch.Tensor, length: int) -> torch.Tensor:
-    """[N, h, L, K] kept patch indices → [N, h, 1+L, 1+L] keep mask (1 kept; cls row/column kept), by loops."""
+def dropped_mask(kept_idx: torch.Tensor, length: int) -> torch.Tensor:
+    """[N, h, L, K] kept patch indices → [N, h, 1+L, 1+L] mask, -1 dropped / 0 kept (cls row and column
+    kept), by loops."""
     n, h, _, _ = kept_idx.shape
-    keep = torch.zeros(n, h, 1 + length, 1 + length)
-    keep[:, :, 0, :] = 1
-    keep[:, :, :, 0] = 1
+    dropped = -torch.ones(n, h, 1 + length, 1 + length)
+    dropped[:, :, 0, :] = 0
+    dropped[:, :, :, 0] = 0
     for idx in np.ndindex(n, h, length):
         for j in kept_idx[idx].tolist():
-            keep[idx[0], idx[1], 1 + idx[2], 1 + j] = 1
-    return keep
+            dropped[idx[0], idx[1], 1 + idx[2], 1 + j] = 0
+    return dropped
 
 
 def test_homologous_fraction_hand_built():
     src = torch.tensor([[0, 0, 1, 1]])
     kept = torch.tensor([[[[0, 2], [1, 0], [2, 3], [3, 0]]]])  # per query: 1/2, 1, 1, 1/2
-    assert homologous_fraction(keep_mask(kept, 4), src).item() == pytest.approx(0.75)
+    assert homologous_fraction(dropped_mask(kept, 4), src).item() == pytest.approx(0.75)
     all_homo = torch.tensor([[[[1, 0], [0, 1], [3, 2], [2, 3]]]])
-    assert homologous_fraction(keep_mask(all_homo, 4), src).item() == 1.0
+    assert homologous_fraction(dropped_mask(all_homo, 4), src).item() == 1.0
     none_homo = torch.tensor([[[[2, 3], [3, 2], [0, 1], [1, 0]]]])
-    assert homologous_fraction(keep_mask(none_homo, 4), src).item() == 0.0
+    assert homologous_fraction(dropped_mask(none_homo, 4), src).item() == 0.0
 
 
 def test_homologous_fraction_averages_per_query():
     """Rows that keep more keys (ties) weigh as one query each: mean of per-query fractions."""
     src = torch.tensor([[0, 0, 1, 1]])
-    keep = keep_mask(torch.tensor([[[[0, 1], [1, 2], [2, 3], [3, 0]]]]), 4)
-    keep[0, 0, 1, 1 + 2] = keep[0, 0, 1, 1 + 3] = 1  # query 0 keeps 0, 1, 2, 3: 2 hits of 4
+    dropped = dropped_mask(torch.tensor([[[[0, 1], [1, 2], [2, 3], [3, 0]]]]), 4)
+    dropped[0, 0, 1, 1 + 2] = dropped[0, 0, 1, 1 + 3] = 0  # query 0 keeps 0, 1, 2, 3: 2 hits of 4
     # per query: 2/4, 1/2, 2/2, 1/2 → mean 0.625 (pooled hits/kept would be 6/10 = 0.6)
-    assert homologous_fraction(keep, src).item() == pytest.approx(0.625, abs=1e-7)
+    assert homologous_fraction(dropped, src).item() == pytest.approx(0.625, abs=1e-7)
+    assert homologous_fraction(dropped, src, num_sources=2).item() == pytest.approx(0.625, abs=1e-7)
+    assert homologous_fraction(dropped, src, num_sources=5).item() == pytest.approx(0.625, abs=1e-7)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -378,15 +397,15 @@ def test_bf16_autocast_selects_on_fp32_logits(impl, monkeypatch):
     attn.homologous_impl = impl
     x = torch.randn(4, 1 + 64, 64)
     seen = []
-    original = vit.kept_keys
-    monkeypatch.setattr(vit, "kept_keys", lambda logits, *a: seen.append(logits) or original(logits, *a))
+    original = vit.dropped_keys
+    monkeypatch.setattr(vit, "dropped_keys", lambda logits, *a: seen.append(logits) or original(logits, *a))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out, _ = attn(x, topk=16)
     (logits,) = seen
     assert logits.dtype == torch.float32
-    keep = original(logits, 16, 1)
+    keep = 1 + original(logits, 16, 1)
     assert (keep[:, :, 1:, 1:].sum(-1) == 16).all()  # exactly K everywhere: no ties in fp32
-    ties = original(logits.bfloat16(), 16, 1)[:, :, 1:, 1:].sum(-1) > 16
+    ties = (1 + original(logits.bfloat16(), 16, 1))[:, :, 1:, 1:].sum(-1) > 16
     assert ties.any()  # the same logits rounded to bf16 would keep extra keys in some rows
     with torch.no_grad():
         ref, _ = attn(x, topk=16)
