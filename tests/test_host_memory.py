@@ -1,5 +1,6 @@
-"""keep_freed_memory: inside the block a freed large tensor's pages are reused (no page faults), outside
-they are returned to the kernel and fault back in; other C libraries get a no-op that says so."""
+"""keep_freed_memory: inside the block a freed large tensor's pages are reused (no page faults), and when
+it ends the free memory goes back to the kernel (resident memory drops); other C libraries get a no-op that
+says so."""
 
 import json
 import resource
@@ -7,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from mixedae import host_memory
 from mixedae.host_memory import glibc, keep_freed_memory

@@ -42,7 +42,7 @@ def test_flops_count_homologous_attention(step_time):
                                                                     "segment_embed": "none"}, device, "fp32")
     naive = step_time.Trainee("mix_vit_tiny_patch4_32", batch, TINY, device, "fp32")
     assert mixed.model.homologous_blocks == (0,) and naive.model.homologous_blocks == ()
-    g, tokens, heads = mixed.model.group_size, 1 + 16, TINY["num_heads"]
+    g, tokens, heads = mixed.model.group_size, 1 + mixed.model.num_patches, TINY["num_heads"]
     accuracy_matmul = 2 * (batch // g) * heads * tokens * tokens * g
     assert naive.flops_per_image() > 0
     assert mixed.flops_per_image() * batch == naive.flops_per_image() * batch + accuracy_matmul

@@ -146,7 +146,7 @@ def homologous_fraction(
     """
     n, h, t, _ = dropped.shape
     length = t - num_prefix
-    with torch.autocast(dropped.device.type, enabled=False):  # counts must stay exact (bf16 is not above 256)
+    with torch.autocast(dropped.device.type, enabled=False):  # exact counts: bf16 holds integers only up to 256
         g = int(token_src.max()) + 1 if num_sources is None else num_sources
         onehot = F.one_hot(token_src, g).to(dropped.dtype)  # [N, L, G]
         onehot = F.pad(onehot, (0, 0, num_prefix, 0))  # [N, T, G]: prefix keys belong to no source
