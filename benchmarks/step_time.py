@@ -7,8 +7,9 @@ per model and its step-time ratio to the first MAE model.
 
 Besides time, every model's training FLOPs per image are counted once (``FlopCounterMode`` over one
 forward + backward, attention counted as its matmuls), and the model FLOP utilisation (MFU) is
-``FLOPs/image × img/s`` over a peak measured in the same run: the best of a few large square GEMMs in
-the benchmark's precision (fp32 GEMM for fp32, bf16/fp16 GEMM for the autocast precisions).
+``FLOPs/image × img/s`` over a peak measured in the same run: the best of large square GEMMs in the
+benchmark's precision (fp32 GEMM for fp32, bf16/fp16 GEMM for the autocast precisions), one timed in
+every round among the steps and a few after them.
 
     python benchmarks/step_time.py --preset tiny_patch4_32 --batch-size 64 --steps 20 --warmup 3
     python benchmarks/step_time.py --preset small_patch16 --batch-size 64 --precision bf16
@@ -106,20 +107,32 @@ class Trainee:
         return time.perf_counter() - start, time.process_time() - cpu
 
 
-def peak_flops(precision: str, device: torch.device, size: int, repeats: int = 5) -> float:
-    """Best FLOP/s of a ``size × size`` GEMM in ``precision``'s compute dtype (fp32, bf16 or fp16)."""
-    dtype = AMP_DTYPES.get(precision, torch.float32)
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    torch.mm(a, b)  # warm-up (library initialisation, caches)
-    best = float("inf")
-    for _ in range(repeats):
-        synchronize(device)
+class PeakGemm:
+    """The peak FLOP/s that MFU is measured against: the best of ``size × size`` GEMMs in ``precision``'s
+    compute dtype (fp32, bf16 or fp16). :func:`measure` times one per round among the model steps and
+    ``repeats`` more at the end, so a slow phase of a shared machine that the steps saw is seen by the
+    peak too (a peak measured only once, in a slow moment, gave MFUs above 100 %)."""
+
+    def __init__(self, precision: str, device: torch.device, size: int, repeats: int = 5) -> None:
+        dtype = AMP_DTYPES.get(precision, torch.float32)
+        self.size, self.device, self.repeats = size, device, repeats
+        self.a = torch.randn(size, size, device=device).to(dtype)
+        self.b = torch.randn(size, size, device=device).to(dtype)
+        torch.mm(self.a, self.b)  # warm-up (library initialisation, caches)
+        self.times: list[float] = []  # wall seconds per timed GEMM
+
+    def step(self) -> None:
+        """Time one GEMM."""
+        synchronize(self.device)
         start = time.perf_counter()
-        torch.mm(a, b)
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+        torch.mm(self.a, self.b)
+        synchronize(self.device)
+        self.times.append(time.perf_counter() - start)
+
+    @property
+    def flops(self) -> float:
+        """FLOP/s of the fastest GEMM timed so far."""
+        return 2 * self.size**3 / min(self.times)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -133,8 +146,9 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def measure(trainees: list[Trainee], steps: int, warmup: int) -> None:
-    """``warmup + steps`` rounds of one step per model, order rotated each round; keeps the timed ones."""
+def measure(trainees: list[Trainee], steps: int, warmup: int, peak: PeakGemm) -> None:
+    """``warmup + steps`` rounds of one step per model, order rotated each round, then one GEMM of
+    ``peak``; keeps the timed steps. ``peak.repeats`` more GEMMs at the end."""
     for r in range(warmup + steps):
         k = r % len(trainees)
         for t in trainees[k:] + trainees[:k]:
@@ -142,6 +156,9 @@ def measure(trainees: list[Trainee], steps: int, warmup: int) -> None:
             if r >= warmup:
                 t.times.append(wall)
                 t.cpu_times.append(cpu)
+        peak.step()
+    for _ in range(peak.repeats):
+        peak.step()
 
 
 def table(trainees: list[Trainee], batch_size: int, flops: list[float], peak: float) -> list[dict]:
@@ -213,9 +230,10 @@ def main(argv=None) -> int:
         if args.compile:
             for t in trainees:
                 t.compile()
-        measure(trainees, args.steps, args.warmup)
-    peak_size = args.peak_size or (8192 if device.type == "cuda" else 2048)
-    peak = peak_flops(args.precision, device, peak_size)
+        peak_size = args.peak_size or (8192 if device.type == "cuda" else 2048)
+        gemm = PeakGemm(args.precision, device, peak_size)
+        measure(trainees, args.steps, args.warmup, gemm)
+    peak = gemm.flops
     rows = table(trainees, args.batch_size, flops, peak)
 
     print(f"# one pre-training step (fwd+bwd+AdamW), {args.precision}{', compiled' if args.compile else ''}, "
@@ -236,7 +254,8 @@ def main(argv=None) -> int:
     if args.json:
         meta = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,
                 "machine": platform.machine(), "device": str(device), "precision": args.precision,
-                "compile": args.compile, "host_memory": host_memory, "peak_flops": peak, "peak_gemm_size": peak_size, "warmup": args.warmup,
+                "compile": args.compile, "host_memory": host_memory, "peak_flops": peak, "peak_gemm_size": peak_size,
+                "peak_gemms": len(gemm.times), "warmup": args.warmup,
                 "overrides": overrides, "argv": sys.argv[1:]}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)

@@ -62,6 +62,17 @@ def test_table_json_flops_and_mfu(step_time, tmp_path):
         expect = r["gflops_per_img"] * 1e9 * r["batch_size"] / r["median_s"] / saved["meta"]["peak_flops"]
         assert r["mfu"] == pytest.approx(expect, rel=1e-12)
     assert rows[0]["time_ratio"] == 1.0 and rows[0]["flop_ratio"] == 1.0
+    assert saved["meta"]["peak_gemms"] == 2 + 5  # one per round, five after
+
+
+def test_the_peak_gemm_is_timed_every_round_and_the_fastest_one_counts(step_time):
+    """The peak is measured among the steps, so a slow phase of the machine is seen by both."""
+    trainee = step_time.Trainee("mae_vit_tiny_patch4_32", 4, TINY, torch.device("cpu"), "fp32")
+    gemm = step_time.PeakGemm("fp32", torch.device("cpu"), 64, repeats=2)
+    step_time.measure([trainee], steps=3, warmup=1, peak=gemm)
+    assert len(trainee.times) == 3 and len(gemm.times) == 4 + 2
+    gemm.times[:] = [4.0, 2.0, 8.0]
+    assert gemm.flops == 2 * 64**3 / 2.0
 
 
 def test_fp16_needs_cuda(step_time, capsys):
