@@ -7,16 +7,21 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "step_time.py"
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 TINY = dict(img_size=16, depth=1, embed_dim=32, num_heads=2, decoder_dim=32, decoder_heads=2)
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` (a script, not part of the package) loaded as a module."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def step_time():
-    spec = importlib.util.spec_from_file_location("step_time", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("step_time")
 
 
 def test_training_flops_of_a_decoder_block_match_a_hand_count(step_time):
