@@ -82,10 +82,11 @@ class BlockVariant:
 def build(preset: str, batch_size: int) -> list[BlockVariant]:
     """The variants on the first encoder block of ``mixedae_vit_<preset>`` and a random input of its shape."""
     torch.manual_seed(0)
-    model = create_model(f"mixedae_vit_{preset}")
+    model_name = f"mixedae_vit_{preset}"
+    model = create_model(model_name)
     g, length = model.group_size, model.num_patches
-    if batch_size % g:
-        raise ValueError(f"--batch-size {batch_size} is not a multiple of the group size {g}")
+    if batch_size < 1 or batch_size % g:
+        raise ValueError(f"--batch-size {batch_size} is not a positive multiple of the group size {g} of {model_name}")
     block = model.encoder.blocks[0]
     x = torch.randn(batch_size // g, 1 + length, model.encoder.embed_dim, requires_grad=True)
     token_src = model.random_mixing(torch.rand(batch_size // g, length))

@@ -61,8 +61,8 @@ class Trainee:
         torch.manual_seed(0)
         self.name, self.device, self.precision = name, device, precision
         self.model = create_model(name, **overrides).to(device).train()
-        if batch_size % self.model.group_size:
-            raise ValueError(f"--batch-size {batch_size} is not a multiple of the group size "
+        if batch_size < 1 or batch_size % self.model.group_size:
+            raise ValueError(f"--batch-size {batch_size} is not a positive multiple of the group size "
                              f"{self.model.group_size} of {name}")
         self.optimizer = build_optimizer(self.model, 1.5e-4, 0.05, (0.9, 0.95))
         self.scaler = grad_scaler(precision)

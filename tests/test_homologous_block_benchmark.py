@@ -41,3 +41,16 @@ def test_variants_select_as_named(bench):
     assert torch.equal(variants["homologous"].select(rows, 4), rows.topk(4, -1).values[:, -1:])
     assert torch.equal(variants["free-selection"].select(rows, 4), rows.mean(-1, keepdim=True))
     assert "token_src" in variants["homologous"].kwargs and "token_src" not in variants["no-accuracy"].kwargs
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "6"], "--batch-size 6 is not a positive multiple of the group size 4"),
+    (["--batch-size", "0"], "--batch-size 0 is not a positive multiple of the group size 4"),
+    (["--preset", "nope"], "unknown model preset 'mixedae_vit_nope'"),
+    (["--rounds", "0"], "--rounds must be >= 1"),
+])
+def test_bad_arguments_end_in_one_line_and_exit_2(bench, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--preset", "tiny_patch4_32", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]

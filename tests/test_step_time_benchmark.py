@@ -86,3 +86,12 @@ def test_fp16_needs_cuda(step_time, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "fp16 needs a CUDA device" in err
+
+
+def test_a_batch_that_is_not_a_positive_multiple_of_the_group_ends_in_one_line(step_time, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        step_time.main(["--batch-size", "0", "--steps", "1", "--warmup", "0",
+                        *(f"--set={k}={v}" for k, v in TINY.items())])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--batch-size 0 is not a positive multiple of the group size" in err
