@@ -3,7 +3,8 @@
 The paper's third claim (docs/reproduce.md): in compose mode MixedAE costs ≈ 1.03 × MAE per step. The models are measured
 **alternately** in one process — every round runs one step of each model, in an order rotated
 each round — so slow phases of a shared machine hit all models alike; the table reports the median
-per model and its step-time ratio to the first MAE model.
+per model and its step-time ratio to the first MAE model, and the median of the per-round ratios with a
+90 % bootstrap interval (whether a target such as 1.05 lies outside this run's noise).
 
 Besides time, every model's training FLOPs per image are counted once (``FlopCounterMode`` over one
 forward + backward, attention counted as its matmuls), and the model FLOP utilisation (MFU) is
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -161,10 +163,24 @@ def measure(trainees: list[Trainee], steps: int, warmup: int, peak: PeakGemm) ->
         peak.step()
 
 
+def paired_ratio(times: list[float], reference: list[float], resamples: int = 2000) -> tuple[float, float, float]:
+    """The median over rounds of ``times[r] / reference[r]`` (two models' steps of the same round) and a 90 %
+    percentile-bootstrap interval of that median (rounds resampled with replacement, fixed seed).
+
+    A slow phase of the machine that lasts a round slows both steps of it, so the per-round ratio cancels it,
+    which a ratio of two medians over the whole run does not; the interval says whether a target such as 1.05
+    is below the ratio's own noise in this run."""
+    ratios = [a / b for a, b in zip(times, reference, strict=True)]
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return statistics.median(ratios), medians[int(0.05 * resamples)], medians[int(0.95 * resamples) - 1]
+
+
 def table(trainees: list[Trainee], batch_size: int, flops: list[float], peak: float) -> list[dict]:
     """Per model: median / quartiles / minimum of the wall step time, median img/s, median CPU time, the
-    ratios of the median wall and CPU times and of the FLOPs to those of the first MAE model, training
-    GFLOPs per image and MFU (achieved FLOP/s at the median step time over the measured ``peak``).
+    ratios of the median wall and CPU times and of the FLOPs to those of the first MAE model, the paired
+    per-round time ratio with its 90 % interval (:func:`paired_ratio`), training GFLOPs per image and MFU
+    (achieved FLOP/s at the median step time over the measured ``peak``).
 
     On a shared machine the minimum and the CPU time are less disturbed by other processes than the median.
     """
@@ -175,9 +191,11 @@ def table(trainees: list[Trainee], batch_size: int, flops: list[float], peak: fl
     for t, f in zip(trainees, flops):
         median, cpu = statistics.median(t.times), statistics.median(t.cpu_times)
         q1, _, q3 = statistics.quantiles(t.times, n=4) if len(t.times) > 1 else (median,) * 3
+        paired, paired_lo, paired_hi = paired_ratio(t.times, reference.times)
         rows.append({"model": t.name, "params_m": t.params / 1e6, "batch_size": batch_size, "steps": len(t.times),
                      "median_s": median, "q1_s": q1, "q3_s": q3, "min_s": min(t.times), "cpu_s": cpu,
                      "img_per_s": batch_size / median, "time_ratio": median / ref_wall, "cpu_ratio": cpu / ref_cpu,
+                     "paired_ratio": paired, "paired_ratio_90": [paired_lo, paired_hi], "times_s": list(t.times),
                      "gflops_per_img": f / 1e9, "flop_ratio": f / flops[ref],
                      "mfu": f * batch_size / median / peak, "compile_s": t.compile_s, "reference": reference.name})
     return rows
@@ -241,15 +259,18 @@ def main(argv=None) -> int:
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, torch {torch.__version__}, host memory: {host_memory}"
           + (f", overrides {overrides}" if overrides else ""))
     print(f"{'model':30}{'params':>8}{'median s':>10}{'q1 - q3 s':>17}{'min s':>8}{'cpu s':>8}{'img/s':>8}"
-          f"{'time ratio':>12}{'cpu ratio':>11}{'GFLOP/img':>11}{'flop ratio':>12}{'MFU':>7}"
+          f"{'time ratio':>12}{'paired (90 %)':>22}{'cpu ratio':>11}{'GFLOP/img':>11}{'flop ratio':>12}{'MFU':>7}"
           + (f"{'compile s':>11}" if args.compile else ""))
     for r in rows:
         print(f"{r['model']:30}{r['params_m']:7.2f}M{r['median_s']:10.3f}{r['q1_s']:9.3f} - {r['q3_s']:<7.3f}"
-              f"{r['min_s']:8.3f}{r['cpu_s']:8.3f}{r['img_per_s']:8.1f}{r['time_ratio']:12.3f}{r['cpu_ratio']:11.3f}"
+              f"{r['min_s']:8.3f}{r['cpu_s']:8.3f}{r['img_per_s']:8.1f}{r['time_ratio']:12.3f}"
+              f"{r['paired_ratio']:8.3f} ({r['paired_ratio_90'][0]:.3f}-{r['paired_ratio_90'][1]:.3f})"
+              f"{r['cpu_ratio']:11.3f}"
               f"{r['gflops_per_img']:11.2f}{r['flop_ratio']:12.3f}{r['mfu']:7.1%}"
               + (f"{r['compile_s']:11.1f}" if args.compile else ""))
     print(f"# time / cpu / flop ratio: median wall s, CPU s per step and training FLOPs relative to "
-          f"{rows[0]['reference']}; GFLOP/img: one forward + backward, counted; MFU against a measured peak of "
+          f"{rows[0]['reference']}; paired: median of the per-round step-time ratios, with a 90 % bootstrap "
+          f"interval; GFLOP/img: one forward + backward, counted; MFU against a measured peak of "
           f"{peak / 1e9:.1f} GFLOP/s ({peak_size}² {args.precision} GEMM)")
     if args.json:
         meta = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,

@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,7 +67,11 @@ def test_table_json_flops_and_mfu(step_time, tmp_path):
         assert r["gflops_per_img"] > 0 and r["steps"] == 2 and r["compile_s"] is None
         expect = r["gflops_per_img"] * 1e9 * r["batch_size"] / r["median_s"] / saved["meta"]["peak_flops"]
         assert r["mfu"] == pytest.approx(expect, rel=1e-12)
-    assert rows[0]["time_ratio"] == 1.0 and rows[0]["flop_ratio"] == 1.0
+    assert rows[0]["time_ratio"] == 1.0 and rows[0]["flop_ratio"] == 1.0 and rows[0]["paired_ratio_90"] == [1.0, 1.0]
+    mae, mixedae = rows
+    lo, hi = mixedae["paired_ratio_90"]
+    assert lo <= mixedae["paired_ratio"] <= hi and len(mixedae["times_s"]) == 2
+    assert mixedae["paired_ratio"] == pytest.approx(float(np.median(np.divide(mixedae["times_s"], mae["times_s"]))))
     assert saved["meta"]["peak_gemms"] == 2 + 5  # one per round, five after
 
 
@@ -95,3 +100,21 @@ def test_a_batch_that_is_not_a_positive_multiple_of_the_group_ends_in_one_line(s
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--batch-size 0 is not a positive multiple of the group size" in err
+
+
+def test_the_paired_ratio_is_the_median_of_per_round_ratios_and_cancels_a_slow_phase(step_time):
+    rng = np.random.default_rng(0)
+    drift = np.where(np.arange(40) < 20, 1.0, 1.6)  # the machine slows down for the second half of the run
+    ref = rng.uniform(12.0, 13.0, 40) * drift
+    times = ref * rng.normal(1.04, 0.02, 40)
+    paired, lo, hi = step_time.paired_ratio(list(times), list(ref))
+    assert paired == pytest.approx(float(np.median(times / ref)), rel=1e-12)
+    # the median of 40 ratios with sd 0.02 has a standard error of about 1.25 · 0.02 / √40 = 0.004: ±1.645 of it
+    assert lo < paired < hi and 0.006 < hi - lo < 0.02
+    # a slow phase hitting both models' steps of a round does not move it (the ratio of medians it does)
+    calm, *_ = step_time.paired_ratio(list(times / drift), list(ref / drift))
+    assert calm == pytest.approx(paired, rel=1e-12)
+    constant = step_time.paired_ratio([1.02 * x for x in ref], list(ref))
+    assert constant == pytest.approx((1.02, 1.02, 1.02), rel=1e-12)
+    with pytest.raises(ValueError):  # rounds missing for one model
+        step_time.paired_ratio(list(times[:-1]), list(ref))
