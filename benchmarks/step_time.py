@@ -57,11 +57,15 @@ def synchronize(device: torch.device) -> None:
 
 
 class Trainee:
-    """A model, its optimiser and a fixed random batch ``[B, 3, H, W]``; :meth:`step` times one step."""
+    """A model, its optimiser and a fixed random batch ``[B, 3, H, W]``; :meth:`step` times one step.
 
-    def __init__(self, name: str, batch_size: int, overrides: dict, device: torch.device, precision: str) -> None:
+    ``with_metrics`` is passed to the model: False times the steps training does not log (all but every
+    ``log.every_steps``-th), which skip MixedAE's sampling accuracy; True a logged step."""
+
+    def __init__(self, name: str, batch_size: int, overrides: dict, device: torch.device, precision: str,
+                 with_metrics: bool = False) -> None:
         torch.manual_seed(0)
-        self.name, self.device, self.precision = name, device, precision
+        self.name, self.device, self.precision, self.with_metrics = name, device, precision, with_metrics
         self.model = create_model(name, **overrides).to(device).train()
         if batch_size < 1 or batch_size % self.model.group_size:
             raise ValueError(f"--batch-size {batch_size} is not a positive multiple of the group size "
@@ -85,7 +89,7 @@ class Trainee:
         counter = FlopCounterMode(display=False)
         with counter, sdpa_kernel(SDPBackend.MATH):
             with autocast(self.precision, self.device):
-                loss, _ = self.model(self.imgs)
+                loss, _ = self.model(self.imgs, with_metrics=self.with_metrics)
             loss.backward()
         self.model.zero_grad(set_to_none=True)
         return counter.get_total_flops() / self.imgs.shape[0]
@@ -100,7 +104,7 @@ class Trainee:
         synchronize(self.device)
         start, cpu = time.perf_counter(), time.process_time()
         with autocast(self.precision, self.device):
-            loss, _ = self.forward(self.imgs)
+            loss, _ = self.forward(self.imgs, with_metrics=self.with_metrics)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -230,6 +234,9 @@ def main(argv=None) -> int:
     p.add_argument("--malloc", choices=("keep", "system"), default="keep",
                    help="keep: freed host memory stays in the process, as in training (train.keep_freed_memory, "
                         "mixedae.host_memory); system: the C library's default")
+    p.add_argument("--with-metrics", action="store_true",
+                   help="time logged steps, which also compute the model's metrics (MixedAE's sampling accuracy); "
+                        "default: the steps training does not log")
     p.add_argument("--json", help="also write the table here")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
@@ -240,7 +247,8 @@ def main(argv=None) -> int:
         device = resolve_device(args.device)
         check_precision(args.precision, device, key="--precision")
         overrides = parse_overrides(args.set)
-        trainees = [Trainee(name, args.batch_size, overrides, device, args.precision) for name in model_names(args)]
+        trainees = [Trainee(name, args.batch_size, overrides, device, args.precision, args.with_metrics)
+                    for name in model_names(args)]
     except (ValueError, UserError) as e:
         p.error(str(e))
     flops = [t.flops_per_image() for t in trainees]
@@ -254,7 +262,8 @@ def main(argv=None) -> int:
     peak = gemm.flops
     rows = table(trainees, args.batch_size, flops, peak)
 
-    print(f"# one pre-training step (fwd+bwd+AdamW), {args.precision}{', compiled' if args.compile else ''}, "
+    print(f"# one {'logged' if args.with_metrics else 'unlogged'} pre-training step (fwd+bwd+AdamW), "
+          f"{args.precision}{', compiled' if args.compile else ''}, "
           f"batch {args.batch_size}, {args.steps} timed rounds after {args.warmup} warm-up, device {device}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, torch {torch.__version__}, host memory: {host_memory}"
           + (f", overrides {overrides}" if overrides else ""))
@@ -275,7 +284,7 @@ def main(argv=None) -> int:
     if args.json:
         meta = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,
                 "machine": platform.machine(), "device": str(device), "precision": args.precision,
-                "compile": args.compile, "host_memory": host_memory, "peak_flops": peak, "peak_gemm_size": peak_size,
+                "compile": args.compile, "with_metrics": args.with_metrics, "host_memory": host_memory, "peak_flops": peak, "peak_gemm_size": peak_size,
                 "peak_gemms": len(gemm.times), "warmup": args.warmup,
                 "overrides": overrides, "argv": sys.argv[1:]}
         with open(args.json, "w") as f:

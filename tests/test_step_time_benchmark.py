@@ -40,18 +40,22 @@ def test_training_flops_of_a_decoder_block_match_a_hand_count(step_time):
 
 def test_flops_count_homologous_attention(step_time):
     """The eager top-k path is counted too: MixedAE with homologous attention in its one block has the
-    FLOPs of the naive-mixing model (ordinary attention) plus, exactly, the sampling accuracy's
-    ``[T, T] @ [T, G]`` matmul per sample and head (no gradient) — the selection itself is not a matmul."""
+    FLOPs of the naive-mixing model (ordinary attention) in an unlogged step (the selection itself is not a
+    matmul), and in a logged step (``with_metrics``) plus, exactly, the sampling accuracy's ``[T, T] @ [T, G]``
+    matmul per sample and head (no gradient)."""
     device = torch.device("cpu")
     batch = 8
-    mixed = step_time.Trainee("mixedae_vit_tiny_patch4_32", batch, {**TINY, "homocon_weight": 0.0,
-                                                                    "segment_embed": "none"}, device, "fp32")
+    mixed = {with_metrics: step_time.Trainee("mixedae_vit_tiny_patch4_32", batch,
+                                             {**TINY, "homocon_weight": 0.0, "segment_embed": "none"}, device,
+                                             "fp32", with_metrics=with_metrics)
+             for with_metrics in (False, True)}
     naive = step_time.Trainee("mix_vit_tiny_patch4_32", batch, TINY, device, "fp32")
-    assert mixed.model.homologous_blocks == (0,) and naive.model.homologous_blocks == ()
-    g, tokens, heads = mixed.model.group_size, 1 + mixed.model.num_patches, TINY["num_heads"]
+    assert mixed[True].model.homologous_blocks == (0,) and naive.model.homologous_blocks == ()
+    g, tokens, heads = mixed[True].model.group_size, 1 + mixed[True].model.num_patches, TINY["num_heads"]
     accuracy_matmul = 2 * (batch // g) * heads * tokens * tokens * g
     assert naive.flops_per_image() > 0
-    assert mixed.flops_per_image() * batch == naive.flops_per_image() * batch + accuracy_matmul
+    assert mixed[False].flops_per_image() == naive.flops_per_image()
+    assert mixed[True].flops_per_image() * batch == naive.flops_per_image() * batch + accuracy_matmul
 
 
 def test_table_json_flops_and_mfu(step_time, tmp_path):

@@ -235,11 +235,13 @@ class Pretrainer:
         """This rank's micro-batches ``[b, C, H, W]`` of ``epoch`` on the device, from micro-step ``start_micro``."""
         return self.inputs.batches(epoch, start_micro)
 
-    def train_step(self, batches: list[Tensor]) -> dict[str, Tensor]:
+    def train_step(self, batches: list[Tensor], with_metrics: bool = True) -> dict[str, Tensor]:
         """One optimiser step over ``accum_steps`` micro-batches ``[b, C, H, W]`` each.
 
         Returns this rank's metrics as device scalars: the micro-batch mean of the loss and the model's
-        metrics, and ``grad_norm``.
+        metrics, and ``grad_norm``. ``with_metrics=False`` (steps that are not logged) lets the model skip
+        the metrics that cost time and do not change the loss (MixedAE's sampling accuracy); the loss and
+        the update are the same.
 
         Nothing here waits for the device (no ``.item()``, ``.tolist()`` or ``float()`` of a result), so a
         GPU's queue never drains between steps. The non-finite guard works on the device instead:
@@ -267,7 +269,8 @@ class Pretrainer:
             imgs = imgs.to(self.device, non_blocking=True)
             sync = m == len(batches) - 1 or self.ddp is None
             with (contextlib.nullcontext() if sync else self.ddp.no_sync()), autocast(tc.precision, self.device):
-                loss, out = self.train_module(imgs, noise=noise[m, self.dist.rank].to(self.device))
+                loss, out = self.train_module(imgs, noise=noise[m, self.dist.rank].to(self.device),
+                                              with_metrics=with_metrics)
             self.scaler.scale(loss / tc.accum_steps).backward()
             for key, value in {"loss": loss, **out["metrics"]}.items():
                 sums[key] = sums.get(key, 0.0) + value.detach().float() / tc.accum_steps
@@ -308,8 +311,10 @@ class Pretrainer:
         step's metrics (averaged over ranks).
 
         Metrics stay on the device between log steps (the last step's values and the epoch's sums); they are
-        all-reduced and read only when logged. :meth:`check_finite` runs before each log and checkpoint, and
-        the last step of the epoch is always logged, so the run's checkpoint after the epoch is checked too."""
+        all-reduced and read only when logged. Metrics a model computes on logged steps only (MixedAE's
+        sampling accuracy, see :meth:`train_step`) are averaged over those steps in the epoch record.
+        :meth:`check_finite` runs before each log and checkpoint, and the last step of the epoch is always
+        logged, so the run's checkpoint after the epoch is checked too."""
         cfg, tc, main = self.cfg, self.cfg.train, self.dist.is_main
         in_epoch = self.step - epoch * self.steps_per_epoch
         loader = iter(self._loader(epoch, in_epoch * tc.accum_steps))
@@ -317,20 +322,25 @@ class Pretrainer:
         epoch_end = min((epoch + 1) * self.steps_per_epoch, self.last_step)
         bar = progress(total=self.steps_per_epoch, initial=in_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
                        enabled=main and cfg.log.progress)
-        epoch_sums: Optional[Tensor] = None
+        epoch_sums: dict[str, Tensor] = {}  # per metric: its sum over the steps that computed it ...
+        epoch_counts: dict[str, int] = {}  # ... and how many steps those were
         steps, lr_sum, logged, window_start, window_images = 0, 0.0, {}, time.time(), 0
         while self.step < epoch_end:
-            metrics = self.train_step([next(loader) for _ in range(tc.accum_steps)])
-            names, values = list(metrics), torch.stack(list(metrics.values()))
-            epoch_sums = values if epoch_sums is None else epoch_sums + values
+            log_now = (self.step + 1) % cfg.log.every_steps == 0 or self.step + 1 == epoch_end
+            metrics = self.train_step([next(loader) for _ in range(tc.accum_steps)], with_metrics=log_now)
+            for name, value in metrics.items():
+                epoch_sums[name] = epoch_sums[name] + value if name in epoch_sums else value
+                epoch_counts[name] = epoch_counts.get(name, 0) + 1
             steps, window_images = steps + 1, window_images + self.eff_batch
             lr_sum += self.optimizer.param_groups[0]["lr"]
             bar.update(1)
             every = cfg.checkpoint.every_steps
             checkpoint_now = bool(every) and self.step % every == 0 and self.step < epoch_end
-            if self.step % cfg.log.every_steps == 0 or self.step == epoch_end:
+            if log_now:
                 self.check_finite()
-                reduced = all_reduce_mean(torch.cat([values, epoch_sums])).tolist()
+                names = list(metrics)
+                values = torch.stack([*metrics.values(), *(epoch_sums[k] for k in names)])
+                reduced = all_reduce_mean(values).tolist()
                 logged = {**dict(zip(names, reduced[: len(names)])), "lr": self.optimizer.param_groups[0]["lr"]}
                 now = time.time()
                 ips = window_images / max(now - window_start, 1e-9)
@@ -341,7 +351,7 @@ class Pretrainer:
                                      "img_per_s": ips, "memory_mb": memory_mb(self.device),
                                      "skipped_files": getattr(self.dataset, "num_skipped", 0)})
                 if main and self.step == epoch_end:
-                    means = {k: v / steps for k, v in zip(names, reduced[len(names):])}
+                    means = {k: v / epoch_counts[k] for k, v in zip(names, reduced[len(names):])}
                     self.logger.log({"step": self.step, "epoch": self.step / self.steps_per_epoch, "kind": "epoch",
                                      **means, "lr": lr_sum / steps}, tb_prefix="epoch")
             elif checkpoint_now:

@@ -110,6 +110,34 @@ def dropped_keys(logits: Tensor, topk: int, num_prefix: int) -> Tensor:
     return dropped
 
 
+def select_keys_(logits: Tensor, topk: int, num_prefix: int) -> Tensor:
+    """In place, without autograd: homologous attention's masked logits from fp32/fp64 ``logits``
+    (``[N, h, T, T]``, the first ``num_prefix`` tokens prefix tokens), in two passes over them.
+
+    Every row is shifted by a constant ``s`` just below its selection threshold ``t`` (the ``topk``-th
+    largest patch logit for a patch query, the smallest logit for a prefix query, which keeps them all):
+    ``s = nextafter(t, -inf)``, so a logit is ≥ ``t`` iff its shifted value is ``> 0`` (a float
+    subtraction is exactly 0 only for equal operands). ``threshold_`` then sets every value ``≤ 0`` to
+    ``-max`` (the dtype's largest finite value; softmax weight exactly 0, as in :func:`mask_logits_`) and
+    keeps the others; the prefix columns get their shifted logits back. The softmax of the result equals
+    the one of the unshifted masked logits (a softmax does not change when a row is shifted), and so do its
+    gradients, so autograd may treat this as the identity. Same keys as :func:`dropped_keys`: ties at
+    ``t`` are all kept. Returns ``logits``: kept keys ``> 0`` (prefix columns any finite value), dropped
+    keys ``-max``.
+    """
+    if logits.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"select_keys_ needs fp32 or fp64 logits (ties), got {logits.dtype}")
+    threshold = kth_largest(logits[:, :, num_prefix:, num_prefix:], topk)  # [N, h, L, 1]
+    prefix_rows = logits[:, :, :num_prefix].amin(-1, keepdim=True)  # [N, h, num_prefix, 1]
+    shift = torch.cat([prefix_rows, threshold], dim=2)
+    shift = shift.nextafter_(shift.new_full((), float("-inf")))  # [N, h, T, 1]
+    logits.sub_(shift)
+    prefix_cols = logits[..., :num_prefix].clone()  # the cls key is always kept
+    F.threshold_(logits, 0.0, -torch.finfo(logits.dtype).max)
+    logits[..., :num_prefix] = prefix_cols
+    return logits
+
+
 def mask_logits_(logits: Tensor, dropped: Tensor) -> Tensor:
     """In place: ``logits + max·dropped`` (``max`` the largest finite value of ``logits``' dtype), so a
     dropped key's logit drops to about ``-max`` (or ``-inf``) and its softmax weight is exactly 0 (as with a
@@ -167,11 +195,12 @@ class Attention(nn.Module):
     always fp32 or fp64) and applies them to the logits before the softmax, in one of two ways
     (``homologous_impl``), equal up to rounding:
 
-    * ``"eager"``: ``softmax(q kᵀ/√D_h + max·dropped) V`` written out (:func:`mask_logits_`), with
-      autograd through one logits pass that the selection reuses (in fp32; under bf16/fp16 autocast the
-      logits and softmax run in that dtype, as in any non-fused attention, and only the selection is
-      recomputed in fp32). The fastest on CPU, where the fused kernel with a mask is no faster in fp32
-      and 2–3× slower in bf16.
+    * ``"eager"``: ``softmax(masked q kᵀ/√D_h) V`` written out, with autograd through one logits pass
+      that the selection reuses: in fp32/fp64 the logits are selected and masked in place in two passes
+      (:func:`select_keys_`; the ``-1/0`` keys of :func:`dropped_keys` are only built for the sampling
+      accuracy); under bf16/fp16 autocast the logits and softmax run in that dtype, as in any non-fused
+      attention, the selection is recomputed in fp32 and applied with :func:`mask_logits_`. The
+      fastest on CPU, where the fused kernel with a mask is no faster in fp32 and 2–3× slower in bf16.
     * ``"sdpa"``: the fused ``scaled_dot_product_attention`` with the additive ``0 / -inf`` mask
       (:func:`additive_mask_`; on CUDA its memory-efficient kernel with its fused backward); the
       selection costs one extra ``q kᵀ`` without autograd. Tested on CPU; its CUDA kernel is untested here.
@@ -215,13 +244,19 @@ class Attention(nn.Module):
             return self.proj(out.transpose(1, 2).reshape(n, t, d)), None
         eager = self._impl(x.device) == "eager"
         logits = (q * self.scale) @ k.transpose(-2, -1) if eager else None  # [N, h, T, T]
+        # The logits are masked in place without autograd: the matmul's backward does not need its
+        # output, and the masking's gradient is the identity (the softmax gives dropped keys zero gradient).
         with torch.no_grad():
-            dropped = dropped_keys(selection_logits(q, k, logits), topk, num_prefix)
+            if eager and logits.dtype in (torch.float32, torch.float64):  # selects on these very logits
+                select_keys_(logits, topk, num_prefix)
+                dropped = None if token_src is None else logits.eq(-torch.finfo(logits.dtype).max).to(logits.dtype).neg_()
+            else:
+                dropped = dropped_keys(selection_logits(q, k, logits), topk, num_prefix)
+                if eager:
+                    mask_logits_(logits, dropped)
             accuracy = None if token_src is None else homologous_fraction(dropped, token_src, num_prefix, num_sources)
         if eager:
-            # In place: the matmul's backward does not need its output, and the add's gradient is the
-            # identity (the softmax already gives dropped keys a zero gradient).
-            out = mask_logits_(logits, dropped).softmax(-1) @ v
+            out = logits.softmax(-1) @ v
         else:
             mask = additive_mask_(dropped).to(q.dtype)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [N, h, T, D_h]

@@ -19,6 +19,7 @@ import torch
 from mixedae.cli import main
 from mixedae.config import PretrainConfig, load_config
 from mixedae.engine.pretrain import pretrain
+from mixedae.models.mixedae import MixedAutoencoder
 
 TINY = [
     "model.name=mixedae_vit_tiny_patch4_32", "model.depth=1", "model.embed_dim=32", "model.num_heads=2",
@@ -87,6 +88,32 @@ def test_run_folder_contents(tmp_path):
     assert ckpt["step"] == 8 and ckpt["epoch"] == 2 and ckpt["arch"]["name"] == "mixedae_vit_tiny_patch4_32"
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 8 and results["final"]["loss"] > 0
+
+
+def test_sampling_accuracy_only_on_logged_steps_and_averaged_over_them(tmp_path, monkeypatch):
+    """The model computes its costly metrics (with_metrics) on logged steps only; the epoch record averages
+    the sampling accuracy over those steps and every other metric over all steps — against the values the
+    model returned, recorded at every call."""
+    seen = []
+    original = MixedAutoencoder.forward
+
+    def spy(self, imgs, noise=None, with_metrics=True):
+        loss, out = original(self, imgs, noise=noise, with_metrics=with_metrics)
+        seen.append((with_metrics, {k: v.item() for k, v in out["metrics"].items()}))
+        return loss, out
+
+    monkeypatch.setattr(MixedAutoencoder, "forward", spy)
+    pretrain(config(tmp_path / "run", "data.num_samples=48", "train.batch_size=8", "train.epochs=1",
+                    "log.every_steps=4", "train.precision=fp32"))
+    assert [w for w, _ in seen] == [False, False, False, True, False, True]  # 6 steps, logged at 4 and 6
+    assert all(("sampling_acc" in m) == w for w, m in seen)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r.get("kind") != "epoch"]
+    epoch = [r for r in records if r.get("kind") == "epoch"][0]
+    assert [r["step"] for r in steps] == [4, 6]
+    assert [r["sampling_acc"] for r in steps] == pytest.approx([seen[3][1]["sampling_acc"], seen[5][1]["sampling_acc"]])
+    assert epoch["sampling_acc"] == pytest.approx((seen[3][1]["sampling_acc"] + seen[5][1]["sampling_acc"]) / 2)
+    assert epoch["recon"] == pytest.approx(sum(m["recon"] for _, m in seen) / 6)
 
 
 @pytest.mark.parametrize("path", list(PATHS))

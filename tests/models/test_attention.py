@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import mixedae.models.vit as vit
-from mixedae.models.vit import Attention, additive_mask_, dropped_keys, homologous_fraction, kth_largest, mask_logits_
+from mixedae.models.vit import (Attention, additive_mask_, dropped_keys, homologous_fraction, kth_largest, mask_logits_,
+                                select_keys_)
 
 from ._helpers import chance_level, ref_attention, ref_kept_sets
 
@@ -37,15 +38,21 @@ def make_attn(dim=16, heads=2, seed=0, impl="eager"):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("topk", [1, 2, 4, 7, 8])
 @pytest.mark.parametrize("heads", [1, 2, 4])
-def test_topk_matches_loop_reference(impl, topk, heads):
+@pytest.mark.parametrize("with_sources", [True, False])
+def test_topk_matches_loop_reference(impl, topk, heads, with_sources):
+    """With and without the sampling accuracy (the eager path masks the logits in place either way and only
+    builds the ``-1/0`` keys for the accuracy)."""
     attn = make_attn(16, heads, seed=topk, impl=impl)
     x = torch.randn(2, 1 + 8, 16, dtype=torch.float64)
     gen = torch.Generator().manual_seed(1)
     src = balanced_sources(2, 8, 2, gen)
-    out, acc = attn(x, topk=topk, token_src=src)
+    out, acc = attn(x, topk=topk, token_src=src if with_sources else None)
     ref, ref_acc = ref_attention(x, attn, topk=topk, token_src=src)
     np.testing.assert_allclose(out.detach().numpy(), ref, atol=1e-10, rtol=0)
-    assert acc.item() == pytest.approx(ref_acc, abs=1e-6)
+    if with_sources:
+        assert acc.item() == pytest.approx(ref_acc, abs=1e-6)
+    else:
+        assert acc is None
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -217,6 +224,31 @@ def test_masked_logits_softmax_like_minus_inf(dtype):
     got = masked.float().softmax(-1)
     assert (got[~kept] == 0).all()
     torch.testing.assert_close(got, expect, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_select_keys_keeps_the_sorted_top_k_with_ties_and_the_softmax_of_minus_inf_masking(dtype, k):
+    """In-place selection against a row-by-row sort (Python's sorted): a patch query keeps the patch keys
+    ≥ its k-th largest patch logit (integer logits, so many ties), the cls key is always kept and the cls
+    row keeps everything; kept values are > 0 (prefix columns excepted), dropped ones -max; and the
+    softmax equals the one of the original logits with a -inf mask."""
+    gen = torch.Generator().manual_seed(k)
+    logits = torch.randint(-3, 4, (2, 3, 1 + 6, 1 + 6), generator=gen).to(dtype)
+    logits[0, 0, 2, 1:] = 2.0  # a row of ties
+    logits[1, 1, 0] = -7.0  # the cls row: all kept, whatever its values
+    kept = torch.zeros(logits.shape, dtype=torch.bool)
+    for n, h, i in np.ndindex(2, 3, 7):
+        row = logits[n, h, i].tolist()
+        kth = sorted(row[1:], reverse=True)[k - 1]
+        kept[n, h, i] = torch.tensor([j == 0 or i == 0 or row[j] >= kth for j in range(7)])
+    expect = logits.masked_fill(~kept, -math.inf).softmax(-1)
+    masked = select_keys_(logits.clone(), k, num_prefix=1)
+    assert torch.equal(masked > -torch.finfo(dtype).max, kept)
+    assert (masked[..., 1:][kept[..., 1:]] > 0).all() and (masked[~kept] == -torch.finfo(dtype).max).all()
+    torch.testing.assert_close(masked.softmax(-1), expect, atol=1e-6 if dtype == torch.float32 else 1e-14, rtol=0)
+    with pytest.raises(TypeError, match="fp32 or fp64"):
+        select_keys_(logits.bfloat16(), k, num_prefix=1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
