@@ -5,8 +5,8 @@ The block and its input are those of a MixedAE pre-training step (``B/G`` mixed 
 order rotated each round — so slow phases of a shared machine hit all of them alike:
 
 * ``ordinary``: fused attention (``scaled_dot_product_attention``), what naive mixing and MAE run;
-* ``homologous``: top-k attention as in training, with the sampling accuracy;
-* ``no-accuracy``: top-k attention without the sampling accuracy (what a step that skips the metric costs);
+* ``homologous``: top-k attention with the sampling accuracy, as on a logged training step;
+* ``no-accuracy``: top-k attention without the sampling accuracy, as on every step training does not log;
 * ``free-selection``: top-k attention whose per-row threshold is the row mean instead of the ``K``-th
   largest logit — the *wrong* keys, a lower bound: what homologous attention would cost if the exact
   selection (:func:`~mixedae.models.vit.kth_largest`) were free.
