@@ -284,7 +284,8 @@ def main(argv=None) -> int:
     if args.json:
         meta = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,
                 "machine": platform.machine(), "device": str(device), "precision": args.precision,
-                "compile": args.compile, "with_metrics": args.with_metrics, "host_memory": host_memory, "peak_flops": peak, "peak_gemm_size": peak_size,
+                "compile": args.compile, "with_metrics": args.with_metrics, "host_memory": host_memory,
+                "peak_flops": peak, "peak_gemm_size": peak_size,
                 "peak_gemms": len(gemm.times), "warmup": args.warmup,
                 "overrides": overrides, "argv": sys.argv[1:]}
         with open(args.json, "w") as f:

@@ -111,7 +111,7 @@ def dropped_keys(logits: Tensor, topk: int, num_prefix: int) -> Tensor:
 
 
 def select_keys_(logits: Tensor, topk: int, num_prefix: int) -> Tensor:
-    """In place, without autograd: homologous attention's masked logits from fp32/fp64 ``logits``
+    """In place (call it without autograd): homologous attention's masked logits from fp32/fp64 ``logits``
     (``[N, h, T, T]``, the first ``num_prefix`` tokens prefix tokens), in two passes over them.
 
     Every row is shifted by a constant ``s`` just below its selection threshold ``t`` (the ``topk``-th
@@ -249,7 +249,8 @@ class Attention(nn.Module):
         with torch.no_grad():
             if eager and logits.dtype in (torch.float32, torch.float64):  # selects on these very logits
                 select_keys_(logits, topk, num_prefix)
-                dropped = None if token_src is None else logits.eq(-torch.finfo(logits.dtype).max).to(logits.dtype).neg_()
+                lowest = -torch.finfo(logits.dtype).max  # exactly the dropped keys' value
+                dropped = None if token_src is None else logits.eq(lowest).to(logits.dtype).neg_()
             else:
                 dropped = dropped_keys(selection_logits(q, k, logits), topk, num_prefix)
                 if eager:
