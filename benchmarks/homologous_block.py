@@ -1,4 +1,4 @@
-"""Where homologous attention's time goes: one encoder block, forward + backward, in four variants.
+"""Where homologous attention's time goes: one encoder block, forward + backward, in five variants.
 
 The block and its input are those of a MixedAE pre-training step (``B/G`` mixed sequences of ``1 + L`` tokens,
 ``K = rL``). Variants are timed **alternately** — every round runs one forward + backward of each, in an
@@ -7,6 +7,8 @@ order rotated each round — so slow phases of a shared machine hit all of them 
 * ``ordinary``: fused attention (``scaled_dot_product_attention``), what naive mixing and MAE run;
 * ``homologous``: top-k attention with the sampling accuracy, as on a logged training step;
 * ``no-accuracy``: top-k attention without the sampling accuracy, as on every step training does not log;
+* ``sdpa``: ``no-accuracy`` through the fused ``scaled_dot_product_attention`` with the additive mask
+  (``Attention.homologous_impl = "sdpa"``, what ``auto`` picks on CUDA) instead of the eager softmax;
 * ``free-selection``: top-k attention whose per-row threshold is the row mean instead of the ``K``-th
   largest logit — the *wrong* keys, a lower bound: what homologous attention would cost if the exact
   selection (:func:`~mixedae.models.vit.kth_largest`) were free.
@@ -33,7 +35,7 @@ import mixedae.models.vit as vit
 from mixedae.host_memory import keep_freed_memory
 from mixedae.models import create_model
 
-VARIANTS = ("ordinary", "homologous", "no-accuracy", "free-selection")
+VARIANTS = ("ordinary", "homologous", "no-accuracy", "sdpa", "free-selection")
 
 
 @contextlib.contextmanager
@@ -65,15 +67,21 @@ class BlockVariant:
         if name == "homologous":
             self.kwargs["token_src"] = token_src
         self.select = (lambda rows, k: rows.mean(-1, keepdim=True)) if name == "free-selection" else vit.kth_largest
+        self.impl = "sdpa" if name == "sdpa" else "eager"  # Attention.homologous_impl during the step
         self.times: list[float] = []  # wall seconds per timed forward + backward
         self.selection_times: list[float] = []  # wall seconds per selection call, timed steps only
 
     def step(self, timed: bool) -> None:
         calls: list[float] = []
         start = time.perf_counter()
-        with selection(self.select, calls):
-            out, _ = self.block(self.x, **self.kwargs)
-        out.sum().backward()
+        attn, impl = self.block.attn, self.block.attn.homologous_impl
+        attn.homologous_impl = self.impl
+        try:
+            with selection(self.select, calls):
+                out, _ = self.block(self.x, **self.kwargs)
+            out.sum().backward()
+        finally:
+            attn.homologous_impl = impl
         if timed:
             self.times.append(time.perf_counter() - start)
             self.selection_times.extend(calls)

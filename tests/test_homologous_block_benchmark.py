@@ -1,4 +1,4 @@
-"""benchmarks/homologous_block.py: the four block variants, the selection timing and its JSON."""
+"""benchmarks/homologous_block.py: the five block variants, the selection timing and its JSON."""
 
 import json
 
@@ -28,15 +28,24 @@ def test_table_times_every_variant_and_the_selection_only_where_there_is_one(ben
     assert vit.kth_largest is KTH_LARGEST  # restored after the run
 
 
-def test_variants_select_as_named(bench):
-    """homologous / no-accuracy use the exact K-th largest logit, free-selection the row mean, ordinary none;
-    the selection is swapped only inside the step."""
+def test_variants_select_as_named(bench, monkeypatch):
+    """homologous / no-accuracy / sdpa use the exact K-th largest logit, free-selection the row mean, ordinary
+    none; only sdpa (and ordinary) call the fused kernel, sdpa with a mask; the selection and the attention's
+    implementation are swapped only inside the step."""
+    sdpa_calls = []
+    fused = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: sdpa_calls.append(kw.get("attn_mask") is not None) or fused(*a, **kw))
     variants = {v.name: v for v in bench.build("tiny_patch4_32", 8)}
     for name, v in variants.items():
         calls = []
         with bench.selection(v.select, calls):
             v.block(v.x, **v.kwargs)
         assert vit.kth_largest is KTH_LARGEST and len(calls) == (0 if name == "ordinary" else 1)
+        sdpa_calls.clear()
+        v.step(timed=True)
+        assert v.block.attn.homologous_impl == "auto"  # restored
+        assert sdpa_calls == {"ordinary": [False], "sdpa": [True]}.get(name, []), name
     rows = torch.randn(5, 16)
     assert torch.equal(variants["homologous"].select(rows, 4), rows.topk(4, -1).values[:, -1:])
     assert torch.equal(variants["free-selection"].select(rows, 4), rows.mean(-1, keepdim=True))
