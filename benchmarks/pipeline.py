@@ -75,7 +75,7 @@ class Variant:
             start = time.perf_counter()
             batch = next(batches)
             got = time.perf_counter()
-            t.train_step([batch])
+            t.train_step([batch], with_metrics=False)  # as on the steps training does not log
             if t.device.type == "cuda":
                 torch.cuda.synchronize(t.device)
             if k:
@@ -113,7 +113,7 @@ def build(args: argparse.Namespace) -> list[Variant]:
             compiled = Pretrainer(dataclasses.replace(lazy, train=dataclasses.replace(lazy.train, compile=True)),
                                   DistInfo(device=device))
             start = time.perf_counter()
-            compiled.train_step([fixed])  # the first step compiles forward and backward
+            compiled.train_step([fixed], with_metrics=False)  # the first step compiles forward and backward
             compiled.compile_s = time.perf_counter() - start
             variants.append(Variant(compiled, resolved, "compiled", None, fixed))
     return variants

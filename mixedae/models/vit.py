@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from .pos_embed import resample_pos_embed, sincos_pos_embed_2d
 
 HOMOLOGOUS_IMPLS = ("auto", "eager", "sdpa")
+SELECTION_DTYPES = (torch.float32, torch.float64)  # the selection's dtypes (ties: see the module docstring)
 PARALLEL_MIN_ELEMENTS = 1 << 16  # kth_largest: below this a row partition is not worth a thread hand-off
 
 
@@ -55,7 +56,7 @@ def kth_largest(x: Tensor, k: int) -> Tensor:
     if x.device.type != "cpu":
         return x.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
     rows = x.detach()
-    rows = (rows if rows.dtype in (torch.float32, torch.float64) else rows.float()).numpy()
+    rows = (rows if rows.dtype in SELECTION_DTYPES else rows.float()).numpy()
 
     def kth(chunk: np.ndarray) -> np.ndarray:
         return np.partition(chunk, -k, axis=-1)[..., -k, None]
@@ -82,10 +83,10 @@ def selection_logits(q: Tensor, k: Tensor, logits: Optional[Tensor] = None) -> T
     in fp32 or fp64. ``logits`` already computed in one of those dtypes are reused; reduced-precision
     ones (bf16/fp16 autocast) are recomputed from ``q`` and ``k`` in fp32, because bf16 logits tie often
     (10–15 % of ViT-S/16 rows at initialisation) and ties would change the number of kept keys."""
-    if logits is not None and logits.dtype in (torch.float32, torch.float64):
+    if logits is not None and logits.dtype in SELECTION_DTYPES:
         return logits
     with torch.autocast(q.device.type, enabled=False):
-        if q.dtype in (torch.float32, torch.float64):
+        if q.dtype in SELECTION_DTYPES:
             return q @ k.transpose(-2, -1)
         return q.float() @ k.float().transpose(-2, -1)
 
@@ -110,7 +111,7 @@ def dropped_keys(logits: Tensor, topk: int, num_prefix: int) -> Tensor:
     return dropped
 
 
-def select_keys_(logits: Tensor, topk: int, num_prefix: int) -> Tensor:
+def select_keys_(logits: Tensor, topk: int, num_prefix: int, with_dropped: bool = False) -> Optional[Tensor]:
     """In place (call it without autograd): homologous attention's masked logits from fp32/fp64 ``logits``
     (``[N, h, T, T]``, the first ``num_prefix`` tokens prefix tokens), in two passes over them.
 
@@ -122,10 +123,13 @@ def select_keys_(logits: Tensor, topk: int, num_prefix: int) -> Tensor:
     keeps the others; the prefix columns get their shifted logits back. The softmax of the result equals
     the one of the unshifted masked logits (a softmax does not change when a row is shifted), and so do its
     gradients, so autograd may treat this as the identity. Same keys as :func:`dropped_keys`: ties at
-    ``t`` are all kept. Returns ``logits``: kept keys ``> 0`` (prefix columns any finite value), dropped
-    keys ``-max``.
+    ``t`` are all kept. Afterwards ``logits`` holds kept keys ``> 0`` (prefix columns any finite value) and
+    dropped keys ``-max``.
+
+    Returns: with ``with_dropped`` the ``-1/0`` dropped keys of :func:`dropped_keys` (``[N, h, T, T]``,
+    one more pass, for the sampling accuracy), else None.
     """
-    if logits.dtype not in (torch.float32, torch.float64):
+    if logits.dtype not in SELECTION_DTYPES:
         raise TypeError(f"select_keys_ needs fp32 or fp64 logits (ties), got {logits.dtype}")
     threshold = kth_largest(logits[:, :, num_prefix:, num_prefix:], topk)  # [N, h, L, 1]
     prefix_rows = logits[:, :, :num_prefix].amin(-1, keepdim=True)  # [N, h, num_prefix, 1]
@@ -133,9 +137,10 @@ def select_keys_(logits: Tensor, topk: int, num_prefix: int) -> Tensor:
     shift = shift.nextafter_(shift.new_full((), float("-inf")))  # [N, h, T, 1]
     logits.sub_(shift)
     prefix_cols = logits[..., :num_prefix].clone()  # the cls key is always kept
-    F.threshold_(logits, 0.0, -torch.finfo(logits.dtype).max)
+    lowest = -torch.finfo(logits.dtype).max
+    F.threshold_(logits, 0.0, lowest)
     logits[..., :num_prefix] = prefix_cols
-    return logits
+    return logits.eq(lowest).to(logits.dtype).neg_() if with_dropped else None
 
 
 def mask_logits_(logits: Tensor, dropped: Tensor) -> Tensor:
@@ -247,10 +252,8 @@ class Attention(nn.Module):
         # The logits are masked in place without autograd: the matmul's backward does not need its
         # output, and the masking's gradient is the identity (the softmax gives dropped keys zero gradient).
         with torch.no_grad():
-            if eager and logits.dtype in (torch.float32, torch.float64):  # selects on these very logits
-                select_keys_(logits, topk, num_prefix)
-                lowest = -torch.finfo(logits.dtype).max  # exactly the dropped keys' value
-                dropped = None if token_src is None else logits.eq(lowest).to(logits.dtype).neg_()
+            if eager and logits.dtype in SELECTION_DTYPES:  # selects on these very logits
+                dropped = select_keys_(logits, topk, num_prefix, with_dropped=token_src is not None)
             else:
                 dropped = dropped_keys(selection_logits(q, k, logits), topk, num_prefix)
                 if eager:

@@ -243,8 +243,11 @@ def test_select_keys_keeps_the_sorted_top_k_with_ties_and_the_softmax_of_minus_i
         kth = sorted(row[1:], reverse=True)[k - 1]
         kept[n, h, i] = torch.tensor([j == 0 or i == 0 or row[j] >= kth for j in range(7)])
     expect = logits.masked_fill(~kept, -math.inf).softmax(-1)
-    masked = select_keys_(logits.clone(), k, num_prefix=1)
+    masked = logits.clone()
+    dropped = select_keys_(masked, k, num_prefix=1, with_dropped=True)
+    assert select_keys_(logits.clone(), k, num_prefix=1) is None
     assert torch.equal(masked > -torch.finfo(dtype).max, kept)
+    assert torch.equal(dropped, -(~kept).to(dtype)) and dropped.dtype == dtype
     assert (masked[..., 1:][kept[..., 1:]] > 0).all() and (masked[~kept] == -torch.finfo(dtype).max).all()
     torch.testing.assert_close(masked.softmax(-1), expect, atol=1e-6 if dtype == torch.float32 else 1e-14, rtol=0)
     with pytest.raises(TypeError, match="fp32 or fp64"):
